@@ -1,0 +1,81 @@
+"""Fields shared by every config: run length, mesh, sharding rules, optimizer, data, evals.
+
+Each family's config starts from `base_config()` and sets its model and loss. Every field can be
+overridden on the command line as `--config.a.b=value` (typed from the default).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+# Logical axis name -> mesh axes. Parameters' `embed` dimension is split over fsdp (FSDP);
+# heads / mlp / vocab over tensor (tensor parallel). Edit to change the layout.
+SHARDING_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("head_dim", None),
+    ("vocab", "tensor"),
+    ("proj", "tensor"),
+)
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.trainer = "contrastive"
+    c.seed = 0
+    c.total_steps = 1000
+    c.batch_size = 256  # global, over all processes and devices
+    c.grad_accum_steps = 1  # micro-batches per step (contrastive negatives stay per micro-batch)
+    c.compute_dtype = "float32"
+    c.log_every = 50
+    c.checkpoint_every = 500
+    c.keep_checkpoints = 2
+    c.eval_every = 0  # 0: evaluate at the end only
+
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))  # -1: the rest
+    c.sharding_rules = SHARDING_RULES
+
+    c.optim = ml_collections.ConfigDict(dict(
+        name="adamw", lr=1e-3, warmup_steps=100, end_lr_ratio=0.0,
+        b1=0.9, b2=0.95, eps=1e-8, weight_decay=1e-4, grad_clip_norm=1.0,
+    ))
+
+    c.data = ml_collections.ConfigDict(dict(
+        source="world",  # world | array_record | tfds
+        image_size=32, text_length=24, world_seed=0,
+        tokenizer="world",  # "world" (SentencePiece trained on the world, cached) or a .model path
+        vocab_size=256,
+        array_record_pattern="", tfds_name="", tfds_data_dir="", tfds_split="train",
+        image_key="image", caption_key="caption",
+        shuffle=True, flip=False,  # a flip also swaps "left"/"right" in the caption
+        workers=0, prefetch=2,
+    ))
+
+    c.evals = ml_collections.ConfigDict(dict(
+        names=("zeroshot", "retrieval", "compositional"),
+        batch_size=256, zeroshot_size=1000, retrieval_size=1000, probe_size=200, seed=0,
+    ))
+    c.evals.image_size = c.data.get_ref("image_size")
+    return c
+
+
+def tower(variant: str = "", **fields) -> ml_collections.ConfigDict:
+    """A tower config: sizes from `variant` ("B/16"), or explicit nonzero width/depth/... fields."""
+    sizes = dict(width=0, depth=0, num_heads=0, mlp_dim=0)
+    return ml_collections.ConfigDict(dict(variant=variant, **{**sizes, **fields}))
+
+
+def tiny_tower(**fields) -> ml_collections.ConfigDict:
+    """The CPU-scale tower of the `:tiny` configs (a few minutes of training on 2 cores)."""
+    return tower("", **{**dict(width=128, depth=4, num_heads=4, mlp_dim=512), **fields})
+
+
+def apply_run_args(c: ml_collections.ConfigDict, arg: ml_collections.ConfigDict, *,
+                   steps: int, image_size: int, text_length: int) -> None:
+    """Copy the shared short args into the config; an arg left at 0 takes the given default."""
+    c.batch_size = arg.batch
+    c.total_steps = arg.steps or steps
+    c.data.image_size = arg.image_size or image_size
+    c.data.text_length = arg.text_length or text_length

@@ -1,0 +1,137 @@
+"""The one training loop every trainer shares: set up, resume, step, log, checkpoint, evaluate.
+
+Read top to bottom, `train` is the whole run: the config picks the trainer (which supplies the
+loss and the eval scorer); everything else here is common to all model families.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from vlm_jax import checkpoint, evals, models, optim, parallel, trainers
+from vlm_jax.data import pipeline, tokenizer as tokenizers
+from vlm_jax.metrics import MetricWriter, Progress
+from vlm_jax.train_state import create_train_state, make_train_step
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN/inf; the message names the step and the checkpoint kept."""
+
+
+def load_tokenizer(data_config: ml_collections.ConfigDict) -> tokenizers.Tokenizer:
+    """"world" trains (once, cached) a SentencePiece model on the synthetic world's captions."""
+    if data_config.tokenizer == "world":
+        return tokenizers.world_tokenizer(vocab_size=data_config.vocab_size)
+    return tokenizers.load_tokenizer(data_config.tokenizer)
+
+
+def check_workdir(workdir: str, config: ml_collections.ConfigDict, tokenizer) -> None:
+    """Refuse to resume a workdir that holds a run of another model or vocabulary."""
+    path = os.path.join(workdir, "config.json")
+    record = {"model": config.model.to_dict(), "tokenizer": tokenizer.fingerprint}
+    if os.path.exists(path):
+        with open(path) as f:
+            saved = json.load(f)
+        if {k: saved.get(k) for k in record} != record:
+            raise checkpoint.CheckpointMismatchError(
+                f"{workdir} holds a run of a different model or tokenizer (see {path}); "
+                "use a new --workdir, or delete that one to start over"
+            )
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            json.dump({**record, "config": json.loads(config.to_json_best_effort())}, f, indent=1)
+        os.replace(path + ".tmp", path)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Train per `config` in `workdir` (resuming if it holds a checkpoint); returns final evals."""
+    trainer = trainers.get_trainer(config.trainer)
+    mesh = parallel.make_mesh(config.mesh)
+    rules = parallel.logical_rules(config)
+    tokenizer = load_tokenizer(config.data)
+    check_workdir(workdir, config, tokenizer)
+    dtype = jnp.dtype(config.compute_dtype)
+    model = models.build_model(config.model, tokenizer.vocab_size, dtype)
+    tx, schedule = optim.make_optimizer(config.optim, config.total_steps)
+
+    size, length = config.data.image_size, config.data.text_length
+    sample_images = jnp.zeros((1, size, size, 3), jnp.uint8)
+    sample_tokens = jnp.zeros((1, length), jnp.int32)
+    init_params = lambda rng: model.init(rng, sample_images, sample_tokens)["params"]
+    with nn.logical_axis_rules(rules):
+        state, shardings, abstract_state = create_train_state(
+            init_params, tx, config.seed, mesh, rules)
+    print(f"model: {config.model.name}, {_count(state.params):,} parameters; mesh "
+          f"{dict(mesh.shape)} over {jax.device_count()} devices, {jax.process_count()} process(es)")
+
+    ckpt = checkpoint.Checkpointer(workdir, config.keep_checkpoints)
+    data_iter = pipeline.make_train_iterator(
+        config.data, tokenizer, config.batch_size, seed=config.seed,
+        process_index=jax.process_index(), process_count=jax.process_count())
+    start_step, corrupt_records = 0, 0
+    if (latest := ckpt.latest_step()) is not None:
+        state, data_state = ckpt.restore(latest, abstract_state)
+        data_iter.set_state(data_state["iterator"])
+        start_step, corrupt_records = latest, data_state["corrupt_records"]
+        print(f"resumed from {ckpt.directory} at step {latest}")
+
+    train_step = make_train_step(
+        trainer.make_loss_fn(model, config), tx, schedule, config.grad_accum_steps, shardings, mesh)
+    writer = MetricWriter(workdir, resume_step=start_step)
+    progress = Progress(config.total_steps, config.batch_size, start_step)
+    for step in range(start_step + 1, config.total_steps + 1):
+        local_batch = next(data_iter)
+        corrupt_records += int(np.sum(local_batch.pop("num_corrupt")))
+        with nn.logical_axis_rules(rules):
+            state, metrics = train_step(state, parallel.global_batch(local_batch, mesh))
+        is_last = step == config.total_steps
+        save_now = step % config.checkpoint_every == 0 or is_last
+        if step % config.log_every == 0 or save_now:
+            # The only host sync in the loop: metrics of this step, fetched at log points.
+            scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            if not math.isfinite(scalars["train/loss"]):
+                raise NonFiniteLossError(
+                    f"loss is {scalars['train/loss']} at step {step}; the last checkpoint "
+                    f"(step {ckpt.latest_step()}) is kept. Lower optim.lr or raise "
+                    "optim.warmup_steps, then rerun with the same --workdir to resume")
+            scalars["data/corrupt_records"] = corrupt_records
+            writer.write(step, scalars)
+            print(progress.line(step, scalars["train/loss"]), flush=True)
+        if save_now:
+            data_state = {"iterator": data_iter.get_state(), "corrupt_records": corrupt_records}
+            ckpt.save(step, state, data_state)
+        if config.eval_every and step % config.eval_every == 0 and not is_last:
+            writer.write(step, run_evals(trainer, model, state, tokenizer, mesh, config))
+    ckpt.close()
+
+    results = run_evals(trainer, model, state, tokenizer, mesh, config)
+    writer.write(config.total_steps, results)
+    writer.close()
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "results.json"), "w") as f:
+            json.dump({"step": int(state.step), **results}, f, indent=1, sort_keys=True)
+        print(evals.format_table(results))
+    return results
+
+
+def run_evals(trainer, model, state, tokenizer, mesh, config) -> dict[str, float]:
+    """Every eval in `config.evals.names`, timed, as a flat {"<eval>/<split>/<metric>": value}."""
+    started = time.perf_counter()
+    scorer = trainer.make_scorer(model, state.params, tokenizer, mesh, config)
+    results = evals.run_evals(config.evals.names, scorer, config.evals)
+    print(f"evaluated {len(results)} metrics in {time.perf_counter() - started:.1f}s")
+    return results
+
+
+def _count(params) -> int:
+    return sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(params))

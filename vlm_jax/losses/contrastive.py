@@ -1,0 +1,39 @@
+"""Contrastive losses on global [B, D] embeddings: softmax InfoNCE (CLIP) and sigmoid (SigLIP).
+
+Pure functions of L2-normalised embeddings; `logit_scale` is the multiplier (already
+exponentiated). Each returns `(loss, metrics)`. Under `jax.jit` on global arrays these are the
+GSPMD variants: XLA inserts the collectives; the explicit shard_map variants live beside them.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def softmax_contrastive_loss(image_emb: jax.Array, text_emb: jax.Array, logit_scale: jax.Array):
+    """Symmetric InfoNCE: 0.5 * [CE(image -> text rows) + CE(text -> image columns)]."""
+    logits = logit_scale * image_emb @ text_emb.T  # [B, B]
+    labels = jnp.arange(logits.shape[0])
+    i2t = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    t2i = optax.softmax_cross_entropy_with_integer_labels(logits.T, labels).mean()
+    loss = 0.5 * (i2t + t2i)
+    return loss, {"loss": loss, "i2t_accuracy": _diagonal_accuracy(logits)}
+
+
+def sigmoid_contrastive_loss(
+    image_emb: jax.Array, text_emb: jax.Array, logit_scale: jax.Array, logit_bias: jax.Array
+):
+    """SigLIP: -(1/B) sum_ij log sigmoid(z_ij (t x_i.y_j + b)), z_ii = +1, z_ij = -1 otherwise."""
+    logits = logit_scale * image_emb @ text_emb.T + logit_bias  # [B, B]
+    labels = 2.0 * jnp.eye(logits.shape[0], dtype=logits.dtype) - 1.0
+    loss = -jnp.sum(jax.nn.log_sigmoid(labels * logits)) / logits.shape[0]
+    return loss, {"loss": loss, "i2t_accuracy": _diagonal_accuracy(logits)}
+
+
+def _diagonal_accuracy(logits: jax.Array) -> jax.Array:
+    """Fraction of images whose own caption has the strictly highest score in their row."""
+    diagonal = jnp.diagonal(logits)
+    others = jnp.where(jnp.eye(logits.shape[0], dtype=bool), -jnp.inf, logits)
+    return jnp.mean(diagonal > others.max(axis=1))

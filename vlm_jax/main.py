@@ -1,0 +1,65 @@
+"""Command line: train (and evaluate) a model from a config.
+
+    python -m vlm_jax.main --config=configs/siglip.py:tiny --workdir=/tmp/run \
+        [--config.total_steps=100 --config.optim.lr=1e-3 ...]
+
+Rerunning with the same --workdir resumes from its latest checkpoint. Wrong config keys or
+values, a workdir of another model, or a NaN loss end with one line naming the problem.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags
+
+from vlm_jax import configlib
+
+_CONFIG = flags.DEFINE_string("config", None, "config file and arg: configs/siglip.py:tiny")
+_WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and results")
+
+
+def _parse(argv: list[str]) -> list[str]:
+    """absl parses the plain flags; `--config.a.b=value` overrides are kept for the config."""
+    overrides = [a for a in argv[1:] if a.startswith("--config.")]
+    flags.FLAGS([argv[0]] + [a for a in argv[1:] if not a.startswith("--config.")])
+    return overrides
+
+
+def load(spec: str, overrides: list[str]):
+    """The config named by `spec` with `--config.a.b=value` overrides applied (typed)."""
+    config = configlib.load_config(spec)
+    for item in overrides:
+        key, has_value, value = item[len("--config."):].partition("=")
+        if not has_value:
+            raise configlib.ConfigError(f"override {item!r} needs a value: --config.{key}=...")
+        configlib.override(config, key, value)
+    return config
+
+
+def main(overrides: list[str]) -> None:
+    if not _CONFIG.value or not _WORKDIR.value:
+        sys.exit("error: both --config=configs/<model>.py[:arg] and --workdir=DIR are needed")
+    try:
+        config = load(_CONFIG.value, overrides)
+    except configlib.ConfigError as error:
+        sys.exit(f"error: {error}")
+    # Imported after the config is known to be good, so config errors come back instantly.
+    from vlm_jax import checkpoint, loop, parallel
+
+    parallel.maybe_initialize_distributed()
+    os.makedirs(_WORKDIR.value, exist_ok=True)
+    print(config)
+    try:
+        loop.train(config, _WORKDIR.value)
+    except (checkpoint.CheckpointMismatchError, loop.NonFiniteLossError) as error:
+        sys.exit(f"error: {error}")
+
+
+def run() -> None:
+    app.run(main, flags_parser=_parse)
+
+
+if __name__ == "__main__":
+    run()

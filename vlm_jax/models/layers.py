@@ -1,0 +1,155 @@
+"""Transformer building blocks shared by every tower: attention, MLP, pre-norm block, poolers.
+
+Every parameter carries logical axis names (`embed`, `mlp`, `heads`, `head_dim`, `vocab`, ...);
+`vlm_jax.parallel` maps them to mesh axes, so a layout change is a config edit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+
+def dense_init(names: tuple[str, ...], init=nn.initializers.xavier_uniform()):
+    """A kernel initializer tagged with logical axis names."""
+    return nn.with_logical_partitioning(init, names)
+
+
+def zeros_init(names: tuple[str, ...]):
+    return nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm whose scale/bias carry the `embed` axis name; statistics in float32."""
+
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return nn.LayerNorm(
+            dtype=self.dtype,
+            scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
+            bias_init=zeros_init(("embed",)),
+        )(x)
+
+
+class Attention(nn.Module):
+    """Multi-head attention through `jax.nn.dot_product_attention` (cuDNN/XLA fused paths).
+
+    `mask`: bool [B, 1|H, Lq, Lk], True where attention is allowed. `is_causal` adds the causal
+    mask. Queries come from `x`, keys/values from `context` (self-attention when None).
+    """
+
+    num_heads: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, context=None, mask=None, is_causal: bool = False):
+        context = x if context is None else context
+        width = x.shape[-1]
+        head_dim = width // self.num_heads
+        if head_dim * self.num_heads != width:
+            raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}")
+
+        def project(name, inputs):
+            return nn.DenseGeneral(
+                (self.num_heads, head_dim),
+                dtype=self.dtype,
+                kernel_init=dense_init(("embed", "heads", "head_dim")),
+                bias_init=zeros_init(("heads", "head_dim")),
+                name=name,
+            )(inputs)
+
+        q, k, v = project("query", x), project("key", context), project("value", context)
+        out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal)
+        return nn.DenseGeneral(
+            width,
+            axis=(-2, -1),
+            dtype=self.dtype,
+            kernel_init=dense_init(("heads", "head_dim", "embed")),
+            bias_init=zeros_init(("embed",)),
+            name="out",
+        )(out)
+
+
+class Mlp(nn.Module):
+    """Two-layer GELU MLP (the ViT / CLIP block)."""
+
+    mlp_dim: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        width = x.shape[-1]
+        x = nn.Dense(
+            self.mlp_dim,
+            dtype=self.dtype,
+            kernel_init=dense_init(("embed", "mlp")),
+            bias_init=zeros_init(("mlp",)),
+        )(x)
+        x = nn.gelu(x)
+        return nn.Dense(
+            width,
+            dtype=self.dtype,
+            kernel_init=dense_init(("mlp", "embed")),
+            bias_init=zeros_init(("embed",)),
+        )(x)
+
+
+class EncoderBlock(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)); x + mlp(norm(x))."""
+
+    num_heads: int
+    mlp_dim: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, mask=None, is_causal: bool = False):
+        x = x + Attention(self.num_heads, self.dtype, name="attn")(
+            LayerNorm(self.dtype, name="norm1")(x), mask=mask, is_causal=is_causal
+        )
+        return x + Mlp(self.mlp_dim, self.dtype, name="mlp")(LayerNorm(self.dtype, name="norm2")(x))
+
+
+class Encoder(nn.Module):
+    """A stack of `depth` pre-norm blocks followed by a final LayerNorm."""
+
+    depth: int
+    num_heads: int
+    mlp_dim: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, mask=None, is_causal: bool = False):
+        for i in range(self.depth):
+            x = EncoderBlock(self.num_heads, self.mlp_dim, self.dtype, name=f"block{i}")(
+                x, mask=mask, is_causal=is_causal
+            )
+        return LayerNorm(self.dtype, name="norm")(x)
+
+
+class AttentionPool(nn.Module):
+    """Multi-head attention pooling with `num_queries` learned queries (MAP head)."""
+
+    num_heads: int
+    mlp_dim: int
+    num_queries: int = 1
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array, mask=None) -> jax.Array:  # [B, L, D] -> [B, Q, D]
+        width = tokens.shape[-1]
+        probe = self.param(
+            "probe",
+            nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, "embed")),
+            (self.num_queries, width),
+        )
+        queries = jnp.broadcast_to(probe.astype(tokens.dtype), (tokens.shape[0], *probe.shape))
+        x = Attention(self.num_heads, self.dtype, name="attn")(queries, tokens, mask=mask)
+        return x + Mlp(self.mlp_dim, self.dtype, name="mlp")(LayerNorm(self.dtype, name="norm")(x))
+

@@ -1,0 +1,88 @@
+"""Vision Transformer image tower (big_vision-style variants: "B/16" -> width 768, depth 12, ...)."""
+
+from __future__ import annotations
+
+import re
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vlm_jax.models import layers
+
+# name -> (width, depth, num_heads, mlp_dim)
+VARIANTS = {
+    "Ti": (192, 12, 3, 768),
+    "S": (384, 12, 6, 1536),
+    "M": (512, 12, 8, 2048),
+    "B": (768, 12, 12, 3072),
+    "L": (1024, 24, 16, 4096),
+    "So400m": (1152, 27, 16, 4304),
+}
+
+
+def decode_variant(variant: str) -> dict:
+    """"B/16" -> {width, depth, num_heads, mlp_dim, patch_size}; "B" leaves patch_size out."""
+    match = re.fullmatch(r"(\w+?)(?:/(\d+))?", variant)
+    if not match or match.group(1) not in VARIANTS:
+        raise ValueError(f"unknown ViT variant {variant!r}; use one of {sorted(VARIANTS)}[/patch]")
+    width, depth, num_heads, mlp_dim = VARIANTS[match.group(1)]
+    sizes = dict(width=width, depth=depth, num_heads=num_heads, mlp_dim=mlp_dim)
+    if match.group(2):
+        sizes["patch_size"] = int(match.group(2))
+    return sizes
+
+
+def to_float_image(images: jax.Array, dtype=jnp.float32) -> jax.Array:
+    """uint8 [0, 255] pixels -> [-1, 1]; float images pass through unchanged."""
+    if jnp.issubdtype(images.dtype, jnp.integer):
+        return images.astype(dtype) / 127.5 - 1.0
+    return images.astype(dtype)
+
+
+class ViT(nn.Module):
+    """Patchify -> (+CLS) -> learned positions -> pre-norm encoder -> pool.
+
+    Returns `(pooled [B, D], {"tokens": [B, N, D]})`; `pool` is "cls", "gap" (mean of patch
+    tokens) or "map" (multi-head attention pooling).
+    """
+
+    width: int
+    depth: int
+    num_heads: int
+    mlp_dim: int
+    patch_size: int = 16
+    pool: str = "map"
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, images: jax.Array):
+        if self.pool not in ("cls", "gap", "map"):
+            raise ValueError(f"ViT pool {self.pool!r} must be one of cls, gap, map")
+        p = self.patch_size
+        x = to_float_image(images, self.dtype)
+        if x.shape[1] % p or x.shape[2] % p:
+            raise ValueError(f"image size {x.shape[1:3]} is not a multiple of patch size {p}")
+        x = nn.Conv(
+            self.width, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
+            kernel_init=layers.dense_init((None, None, None, "embed"), nn.initializers.lecun_normal()),
+            bias_init=layers.zeros_init(("embed",)), name="embedding",
+        )(x)
+        x = x.reshape(x.shape[0], -1, self.width)  # [B, N, D]
+        if self.pool == "cls":
+            cls = self.param("cls", layers.zeros_init((None, None, "embed")), (1, 1, self.width))
+            x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, self.width)).astype(x.dtype), x], 1)
+        positions = self.param(
+            "pos_embedding",
+            nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, None, "embed")),
+            (1, x.shape[1], self.width),
+        )
+        x = x + positions.astype(x.dtype)
+        x = layers.Encoder(self.depth, self.num_heads, self.mlp_dim, self.dtype, name="encoder")(x)
+        if self.pool == "cls":
+            pooled, x = x[:, 0], x[:, 1:]
+        elif self.pool == "gap":
+            pooled = x.mean(axis=1)
+        else:
+            pooled = layers.AttentionPool(self.num_heads, self.mlp_dim, 1, self.dtype, name="map")(x)[:, 0]
+        return pooled, {"tokens": x}

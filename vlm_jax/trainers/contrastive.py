@@ -1,0 +1,50 @@
+"""CLIP / SigLIP training: two towers scored with the softmax or sigmoid contrastive loss."""
+
+from __future__ import annotations
+
+import ml_collections
+import numpy as np
+
+from vlm_jax import parallel
+from vlm_jax.evals.scoring import Scorer
+from vlm_jax.losses import contrastive
+
+LOSSES = ("softmax", "sigmoid")
+
+
+def make_loss_fn(model, config: ml_collections.ConfigDict):
+    """loss_fn(params, batch, rng) -> (loss, metrics) for `config.loss.name`."""
+    name = config.loss.name
+    if name not in LOSSES:
+        raise ValueError(f"loss.name {name!r} must be one of {', '.join(LOSSES)}")
+
+    def loss_fn(params, batch, rng):
+        del rng  # no dropout or masking in these models
+        image_emb, text_emb, extras = model.apply(
+            {"params": params}, batch["image"], batch["text_tokens"]
+        )
+        if name == "softmax":
+            loss, metrics = contrastive.softmax_contrastive_loss(
+                image_emb, text_emb, extras["logit_scale"])
+        else:
+            loss, metrics = contrastive.sigmoid_contrastive_loss(
+                image_emb, text_emb, extras["logit_scale"], extras["logit_bias"])
+        metrics["logit_scale"] = extras["logit_scale"]
+        return loss, metrics
+
+    return loss_fn
+
+
+def make_scorer(model, params, tokenizer, mesh, config: ml_collections.ConfigDict) -> Scorer:
+    """Embeds images and texts with the trained towers; similarity is the dot product."""
+    encode_image = parallel.host_apply(
+        lambda p, x: model.apply({"params": p}, x, method=model.encode_image)[0], mesh)
+    encode_text = parallel.host_apply(
+        lambda p, x: model.apply({"params": p}, x, method=model.encode_text)[0], mesh)
+    text_length = config.data.text_length
+    return Scorer(
+        encode_images=lambda images: encode_image(params, images),
+        encode_texts=lambda tokens: encode_text(params, tokens),
+        tokenize=lambda texts: tokenizer.encode(list(texts), text_length),
+        similarity=lambda image_emb, text_emb: np.asarray(image_emb) @ np.asarray(text_emb).T,
+    )
