@@ -25,7 +25,7 @@ def get_config(arg=None):
     )
     if arg.tiny:
         c.model.embed_dim = 128
-        c.model.image = common.tiny_tower(patch_size=4, pool="cls")
+        c.model.image = common.tiny_tower(patch_size=8, pool="cls")
         c.model.text = common.tiny_tower(max_len=32, causal=True, pool="eos")
         common.apply_run_args(c, arg, steps=600, image_size=32, text_length=24)
         c.log_every, c.checkpoint_every = 25, 200

@@ -23,7 +23,8 @@ class Checkpointer:
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save
+                max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save,
+                cleanup_tmp_directories=True,  # a save cut off by a kill is dropped
             ),
             item_names=("state", "data"),
         )
@@ -40,7 +41,7 @@ class Checkpointer:
         )
 
     def restore(self, step: int, abstract_state):
-        """Restore onto `abstract_state`'s shapes and shardings (any mesh); returns (state, data)."""
+        """Restore onto `abstract_state`'s shapes and shardings (any mesh) -> (state, data)."""
         try:
             restored = self.manager.restore(
                 step,

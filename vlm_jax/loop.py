@@ -18,7 +18,8 @@ import ml_collections
 import numpy as np
 
 from vlm_jax import checkpoint, evals, models, optim, parallel, trainers
-from vlm_jax.data import pipeline, tokenizer as tokenizers
+from vlm_jax.data import pipeline
+from vlm_jax.data import tokenizer as tokenizers
 from vlm_jax.metrics import MetricWriter, Progress
 from vlm_jax.train_state import create_train_state, make_train_step
 
@@ -71,8 +72,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     with nn.logical_axis_rules(rules):
         state, shardings, abstract_state = create_train_state(
             init_params, tx, config.seed, mesh, rules)
-    print(f"model: {config.model.name}, {_count(state.params):,} parameters; mesh "
-          f"{dict(mesh.shape)} over {jax.device_count()} devices, {jax.process_count()} process(es)")
+    print(f"model: {config.model.name}, {_count(state.params):,} parameters; "
+          f"mesh {dict(mesh.shape)} over {jax.device_count()} devices, "
+          f"{jax.process_count()} process(es)")
 
     ckpt = checkpoint.Checkpointer(workdir, config.keep_checkpoints)
     data_iter = pipeline.make_train_iterator(
@@ -113,6 +115,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         if config.eval_every and step % config.eval_every == 0 and not is_last:
             writer.write(step, run_evals(trainer, model, state, tokenizer, mesh, config))
     ckpt.close()
+    data_iter.close()  # grain workers hold shared memory until closed
 
     results = run_evals(trainer, model, state, tokenizer, mesh, config)
     writer.write(config.total_steps, results)

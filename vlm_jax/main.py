@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from vlm_jax import configlib
 
@@ -48,6 +48,7 @@ def main(overrides: list[str]) -> None:
     # Imported after the config is known to be good, so config errors come back instantly.
     from vlm_jax import checkpoint, loop, parallel
 
+    logging.set_verbosity(logging.WARNING)  # orbax/grain info lines would bury the progress
     parallel.maybe_initialize_distributed()
     os.makedirs(_WORKDIR.value, exist_ok=True)
     print(config)

@@ -1,4 +1,4 @@
-"""Metrics: one JSON object per logged step in metrics.jsonl, TensorBoard events, console progress."""
+"""Metrics: a JSON object per logged step in metrics.jsonl, TensorBoard events, a console line."""
 
 from __future__ import annotations
 

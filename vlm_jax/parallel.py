@@ -41,7 +41,8 @@ def mesh_shape(mesh_config: Mapping[str, int], num_devices: int) -> tuple[int, i
     known = int(np.prod([s for s in sizes if s != -1]))
     if -1 in sizes:
         if num_devices % known:
-            raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} does not divide {num_devices} devices")
+            raise ValueError(
+                f"mesh {dict(zip(MESH_AXES, sizes))} does not divide {num_devices} devices")
         sizes[sizes.index(-1)] = num_devices // known
     if int(np.prod(sizes)) != num_devices:
         raise ValueError(

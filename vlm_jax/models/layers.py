@@ -15,9 +15,9 @@ import jax.numpy as jnp
 Dtype = Any
 
 
-def dense_init(names: tuple[str, ...], init=nn.initializers.xavier_uniform()):
-    """A kernel initializer tagged with logical axis names."""
-    return nn.with_logical_partitioning(init, names)
+def dense_init(names: tuple[str, ...], init=None):
+    """A kernel initializer (default Xavier uniform) tagged with logical axis names."""
+    return nn.with_logical_partitioning(init or nn.initializers.xavier_uniform(), names)
 
 
 def zeros_init(names: tuple[str, ...]):

@@ -38,7 +38,8 @@ class TextTransformer(nn.Module):
         text_mask = text_tokens != self.pad_id  # [B, L]
         x = nn.Embed(
             self.vocab_size, self.width, dtype=self.dtype,
-            embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")),
+            embedding_init=nn.with_logical_partitioning(
+                nn.initializers.normal(0.02), ("vocab", "embed")),
             name="token_embedding",
         )(text_tokens)
         positions = self.param(

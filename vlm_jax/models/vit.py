@@ -1,4 +1,4 @@
-"""Vision Transformer image tower (big_vision-style variants: "B/16" -> width 768, depth 12, ...)."""
+"""Vision Transformer image tower with big_vision-style variants ("B/16": width 768, depth 12)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ VARIANTS = {
 
 
 def decode_variant(variant: str) -> dict:
-    """"B/16" -> {width, depth, num_heads, mlp_dim, patch_size}; "B" leaves patch_size out."""
+    """Sizes of a variant: "B/16" -> width, depth, num_heads, mlp_dim, patch_size (16)."""
     match = re.fullmatch(r"(\w+?)(?:/(\d+))?", variant)
     if not match or match.group(1) not in VARIANTS:
         raise ValueError(f"unknown ViT variant {variant!r}; use one of {sorted(VARIANTS)}[/patch]")
@@ -65,13 +65,15 @@ class ViT(nn.Module):
             raise ValueError(f"image size {x.shape[1:3]} is not a multiple of patch size {p}")
         x = nn.Conv(
             self.width, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
-            kernel_init=layers.dense_init((None, None, None, "embed"), nn.initializers.lecun_normal()),
+            kernel_init=layers.dense_init(
+                (None, None, None, "embed"), nn.initializers.lecun_normal()),
             bias_init=layers.zeros_init(("embed",)), name="embedding",
         )(x)
         x = x.reshape(x.shape[0], -1, self.width)  # [B, N, D]
         if self.pool == "cls":
             cls = self.param("cls", layers.zeros_init((None, None, "embed")), (1, 1, self.width))
-            x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, self.width)).astype(x.dtype), x], 1)
+            cls = jnp.broadcast_to(cls, (x.shape[0], 1, self.width)).astype(x.dtype)
+            x = jnp.concatenate([cls, x], axis=1)
         positions = self.param(
             "pos_embedding",
             nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, None, "embed")),
@@ -84,5 +86,6 @@ class ViT(nn.Module):
         elif self.pool == "gap":
             pooled = x.mean(axis=1)
         else:
-            pooled = layers.AttentionPool(self.num_heads, self.mlp_dim, 1, self.dtype, name="map")(x)[:, 0]
+            pool = layers.AttentionPool(self.num_heads, self.mlp_dim, 1, self.dtype, name="map")
+            pooled = pool(x)[:, 0]
         return pooled, {"tokens": x}

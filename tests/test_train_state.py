@@ -1,0 +1,71 @@
+"""The shared train step and optimizer: gradient accumulation, weight-decay mask, schedule."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from vlm_jax import optim, parallel
+from vlm_jax.train_state import create_train_state, make_train_step
+
+RULES = (("embed", None), ("mlp", None))
+
+
+class Regressor(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        kernel_init = nn.with_logical_partitioning(nn.initializers.normal(1.0), ("embed", "mlp"))
+        return nn.Dense(1, kernel_init=kernel_init)(x)[:, 0]
+
+
+def _optim_config(**overrides):
+    return ml_collections.ConfigDict(dict(
+        name="adamw", lr=0.1, warmup_steps=2, end_lr_ratio=0.0, b1=0.9, b2=0.95, eps=1e-8,
+        weight_decay=0.1, grad_clip_norm=0.0, **overrides))
+
+
+def _run(accum_steps, batch, steps=3):
+    model = Regressor()
+    tx, schedule = optim.make_optimizer(_optim_config(), 10)
+    mesh = parallel.make_mesh(dict(data=-1, fsdp=1, tensor=1), jax.devices()[:1])
+
+    def loss_fn(params, batch, rng):  # per-example mean: accumulation must not change it
+        loss = jnp.mean((model.apply({"params": params}, batch["x"]) - batch["y"]) ** 2)
+        return loss, {"loss": loss}
+
+    init = lambda rng: model.init(rng, jnp.zeros((1, 4)))["params"]
+    state, shardings, _ = create_train_state(init, tx, 0, mesh, RULES)
+    step = make_train_step(loss_fn, tx, schedule, accum_steps, shardings, mesh)
+    for _ in range(steps):
+        state, metrics = step(state, parallel.global_batch(batch, mesh))
+    return state, metrics
+
+
+def test_gradient_accumulation_equals_one_big_batch():
+    rng = np.random.default_rng(0)
+    batch = {"x": rng.normal(size=(8, 4)).astype(np.float32),
+             "y": rng.normal(size=(8,)).astype(np.float32)}
+    full, full_metrics = _run(1, batch)
+    accumulated, accumulated_metrics = _run(4, batch)
+    for a, b in zip(jax.tree_util.tree_leaves(full.params),
+                    jax.tree_util.tree_leaves(accumulated.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(full_metrics["train/loss"], accumulated_metrics["train/loss"],
+                               rtol=1e-5)
+    assert int(accumulated.step) == 3
+
+
+def test_weight_decay_skips_vectors_and_scalars():
+    params = {"kernel": jnp.ones((3, 2)), "bias": jnp.ones((2,)), "logit_scale": jnp.ones(())}
+    assert optim.decay_mask(params) == {"kernel": True, "bias": False, "logit_scale": False}
+
+
+def test_schedule_warms_up_linearly_then_decays_to_the_end_ratio():
+    config = _optim_config(end_lr_ratio=0.1)
+    schedule = optim.learning_rate_schedule(config, total_steps=10)
+    np.testing.assert_allclose([schedule(0), schedule(1), schedule(2)], [0.0, 0.05, 0.1], rtol=1e-6)
+    # cosine from step 2 to 10: halfway (step 6) is the mean of peak and end
+    np.testing.assert_allclose(schedule(6), (0.1 + 0.01) / 2, rtol=1e-5)
+    np.testing.assert_allclose(schedule(10), 0.01, rtol=1e-5)
+
