@@ -28,6 +28,10 @@ MICRO = [
 ]
 
 
+# Checkpoints every 20 of 60 steps: the kill lands between two of them.
+LONGER = ["--config.total_steps=60", "--config.checkpoint_every=20"]
+
+
 def _command(workdir, *extra, config="configs/siglip.py:tiny"):
     return [sys.executable, "-m", "vlm_jax.main", f"--config={config}",
             f"--workdir={workdir}", *MICRO, *extra]
@@ -83,29 +87,31 @@ def test_bad_config_arg_is_one_line_error(tmp_path, config, expected):
 def test_sigkill_then_rerun_equals_uninterrupted_run(tmp_path):
     """Bitwise on CPU: the same compiled step on the same state and data gives the same bits."""
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    result = _run(_command(straight))
+    result = _run(_command(straight, *LONGER))
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((straight / "results.json").read_text())
-    assert results["step"] == 12 and "zeroshot/single_object/top1" in results
+    assert results["step"] == 60 and "zeroshot/single_object/top1" in results
     assert (straight / "config.json").exists() and any((straight / "tensorboard").iterdir())
 
-    process = subprocess.Popen(_command(killed), cwd=ROOT, env=_env(),
+    process = subprocess.Popen(_command(killed, *LONGER), cwd=ROOT, env=_env(),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while time.time() < deadline and process.poll() is None:
-        if (killed / "metrics.jsonl").exists() and max(_losses(killed), default=0) >= 6:
-            break  # past the step-4 checkpoint and mid-way to the next
-        time.sleep(0.05)
-    assert process.poll() is None, "the run finished before it could be killed"
+        if (killed / "checkpoints" / "20").is_dir():  # orbax renames it there once complete
+            break
+        time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert not (killed / "results.json").exists()
+    killed_at = max(_losses(killed))
+    assert 20 <= killed_at < 60, f"killed at step {killed_at}, not mid-training"
 
-    result = _run(_command(killed))
+    result = _run(_command(killed, *LONGER))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resumed from" in result.stdout
-    assert _losses(killed) == _losses(straight)  # every step, bit for bit
-    got, want = _final_params(killed, 12), _final_params(straight, 12)
+    straight_losses = _losses(straight)
+    assert sorted(straight_losses) == list(range(1, 61))
+    assert _losses(killed) == straight_losses  # every step, bit for bit
+    got, want = _final_params(killed, 60), _final_params(straight, 60)
     for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
         np.testing.assert_array_equal(a, b)
 
@@ -116,3 +122,23 @@ def test_resuming_a_workdir_of_another_model_is_refused(tmp_path):
     result = _run(_command(tmp_path, "--config.total_steps=2", "--config.model.embed_dim=16"))
     lines = result.stderr.strip().splitlines()
     assert result.returncode != 0 and "holds a run of a different model" in lines[-1]
+
+
+def test_corrupt_array_record_is_skipped_and_counted_in_metrics(tmp_path):
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    from vlm_jax.data.sources import encode_example
+    from vlm_jax.data.world import World
+
+    world = World("train", image_size=16)
+    writer = ArrayRecordWriter(str(tmp_path / "shard-00000.array_record"), "group_size:1")
+    for index in range(40):
+        writer.write(b"not an example" if index == 5 else encode_example(world[index]))
+    writer.close()
+    result = _run(_command(tmp_path / "run", "--config.total_steps=2", "--config.eval_every=0",
+                           "--config.data.source=array_record", "--config.data.shuffle=False",
+                           f"--config.data.array_record_pattern={tmp_path}/*.array_record"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(tmp_path / "run" / "metrics.jsonl") as f:
+        rows = [json.loads(line) for line in f if "train/loss" in line]
+    assert [row["data/corrupt_records"] for row in rows] == [1, 1]
