@@ -14,7 +14,7 @@ demo: $(VENV)/.installed
 	$(PY) -m vlm_jax.main --config=$(CONFIG) --workdir=$(WORKDIR)
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check vlm_jax configs tests benchmarks
+	$(VENV)/bin/ruff check .
 
 test: lint
 	$(PY) -m pytest -q -m "not slow"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ml_collections
-import numpy as np
 
 from vlm_jax import parallel
 from vlm_jax.evals.scoring import Scorer
@@ -36,7 +35,7 @@ def make_loss_fn(model, config: ml_collections.ConfigDict):
 
 
 def make_scorer(model, params, tokenizer, mesh, config: ml_collections.ConfigDict) -> Scorer:
-    """Embeds images and texts with the trained towers; similarity is the dot product."""
+    """Embeds images and texts with the trained towers; similarity is the cosine (the default)."""
     encode_image = parallel.host_apply(
         lambda p, x: model.apply({"params": p}, x, method=model.encode_image)[0], mesh)
     encode_text = parallel.host_apply(
@@ -46,5 +45,4 @@ def make_scorer(model, params, tokenizer, mesh, config: ml_collections.ConfigDic
         encode_images=lambda images: encode_image(params, images),
         encode_texts=lambda tokens: encode_text(params, tokens),
         tokenize=lambda texts: tokenizer.encode(list(texts), text_length),
-        similarity=lambda image_emb, text_emb: np.asarray(image_emb) @ np.asarray(text_emb).T,
     )
