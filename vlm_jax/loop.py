@@ -61,17 +61,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     rules = parallel.logical_rules(config)
     tokenizer = load_tokenizer(config.data)
     check_workdir(workdir, config, tokenizer)
-    dtype = jnp.dtype(config.compute_dtype)
-    model = models.build_model(config.model, tokenizer.vocab_size, dtype)
-    tx, schedule = optim.make_optimizer(config.optim, config.total_steps)
-
-    size, length = config.data.image_size, config.data.text_length
-    sample_images = jnp.zeros((1, size, size, 3), jnp.uint8)
-    sample_tokens = jnp.zeros((1, length), jnp.int32)
-    init_params = lambda rng: model.init(rng, sample_images, sample_tokens)["params"]
-    with nn.logical_axis_rules(rules):
-        state, shardings, abstract_state = create_train_state(
-            init_params, tx, config.seed, mesh, rules)
+    model, state, abstract_state, train_step = build(
+        config, trainer, tokenizer.vocab_size, mesh, rules)
     print(f"model: {config.model.name}, {_count(state.params):,} parameters; "
           f"mesh {dict(mesh.shape)} over {jax.device_count()} devices, "
           f"{jax.process_count()} process(es)")
@@ -87,8 +78,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         start_step, corrupt_records = latest, data_state["corrupt_records"]
         print(f"resumed from {ckpt.directory} at step {latest}")
 
-    train_step = make_train_step(
-        trainer.make_loss_fn(model, config), tx, schedule, config.grad_accum_steps, shardings, mesh)
     writer = MetricWriter(workdir, resume_step=start_step)
     progress = Progress(config.total_steps, config.batch_size, start_step)
     for step in range(start_step + 1, config.total_steps + 1):
@@ -125,6 +114,25 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             json.dump({"step": int(state.step), **results}, f, indent=1, sort_keys=True)
         print(evals.format_table(results))
     return results
+
+
+def build(config: ml_collections.ConfigDict, trainer, vocab_size: int, mesh, rules):
+    """The model, its sharded initial state (+ abstract twin for restores) and jitted train step.
+
+    Shared by `train` and the benchmarks, so both time exactly the same step.
+    """
+    model = models.build_model(config.model, vocab_size, jnp.dtype(config.compute_dtype))
+    tx, schedule = optim.make_optimizer(config.optim, config.total_steps)
+    size, length = config.data.image_size, config.data.text_length
+    sample_images = jnp.zeros((1, size, size, 3), jnp.uint8)
+    sample_tokens = jnp.zeros((1, length), jnp.int32)
+    init_params = lambda rng: model.init(rng, sample_images, sample_tokens)["params"]
+    with nn.logical_axis_rules(rules):
+        state, shardings, abstract_state = create_train_state(
+            init_params, tx, config.seed, mesh, rules)
+    loss_fn = trainer.make_loss_fn(model, config, mesh=mesh)
+    train_step = make_train_step(loss_fn, tx, schedule, config.grad_accum_steps, shardings, mesh)
+    return model, state, abstract_state, train_step
 
 
 def run_evals(trainer, model, state, tokenizer, mesh, config) -> dict[str, float]:

@@ -1,7 +1,7 @@
 """Training loops selected by `config.trainer`: each module adds only what is special to it.
 
 A trainer module provides:
-  make_loss_fn(model, config) -> loss_fn(params, batch, rng) -> (loss, metrics)
+  make_loss_fn(model, config, mesh=None) -> loss_fn(params, batch, rng) -> (loss, metrics)
   make_scorer(model, params, tokenizer, mesh, config) -> vlm_jax.evals.scoring.Scorer
 and the shared loop in `vlm_jax.loop` does the rest (state, step, checkpoints, metrics, evals).
 """

@@ -11,7 +11,7 @@ from vlm_jax.losses import contrastive
 LOSSES = ("softmax", "sigmoid")
 
 
-def make_loss_fn(model, config: ml_collections.ConfigDict):
+def make_loss_fn(model, config: ml_collections.ConfigDict, mesh=None):
     """loss_fn(params, batch, rng) -> (loss, metrics) for `config.loss.name`."""
     name = config.loss.name
     if name not in LOSSES:
