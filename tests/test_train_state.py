@@ -20,9 +20,9 @@ class Regressor(nn.Module):
 
 
 def _optim_config(**overrides):
-    return ml_collections.ConfigDict(dict(
-        name="adamw", lr=0.1, warmup_steps=2, end_lr_ratio=0.0, b1=0.9, b2=0.95, eps=1e-8,
-        weight_decay=0.1, grad_clip_norm=0.0, **overrides))
+    defaults = dict(name="adamw", lr=0.1, warmup_steps=2, end_lr_ratio=0.0, b1=0.9, b2=0.95,
+                    eps=1e-8, weight_decay=0.1, grad_clip_norm=0.0)
+    return ml_collections.ConfigDict({**defaults, **overrides})
 
 
 def _run(accum_steps, batch, steps=3):
