@@ -14,7 +14,7 @@ def get_config(arg=None):
     arg = parse_arg(arg, tiny=False, variant="B/16", batch=256, steps=0, image_size=0,
                     text_length=0)
     c = common.base_config()
-    c.loss = dict(name="softmax")
+    c.loss = dict(name="softmax", variant="gspmd", bidirectional=False)  # gspmd|gather|ring
     c.model = dict(
         name="two_tower", embed_dim=512,
         logit_scale_init=math.log(1 / 0.07), logit_bias_init=None, max_logit_scale=100.0,

@@ -15,7 +15,7 @@ def get_config(arg=None):
     arg = parse_arg(arg, tiny=False, variant="B/16", text_variant="B", batch=256, steps=0,
                     image_size=0, text_length=0)
     c = common.base_config()
-    c.loss = dict(name="sigmoid")
+    c.loss = dict(name="sigmoid", variant="gspmd", bidirectional=False)  # gspmd|gather|ring
     c.model = dict(
         name="two_tower", embed_dim=768,
         logit_scale_init=math.log(10.0), logit_bias_init=-10.0, max_logit_scale=float("inf"),

@@ -6,16 +6,27 @@ import ml_collections
 
 from vlm_jax import parallel
 from vlm_jax.evals.scoring import Scorer
-from vlm_jax.losses import contrastive
+from vlm_jax.losses import sharded
 
 LOSSES = ("softmax", "sigmoid")
 
 
 def make_loss_fn(model, config: ml_collections.ConfigDict, mesh=None):
-    """loss_fn(params, batch, rng) -> (loss, metrics) for `config.loss.name`."""
+    """loss_fn(params, batch, rng) -> (loss, metrics) for `config.loss.name`.
+
+    `config.loss.variant` picks how the loss is spread over devices (vlm_jax/losses/sharded.py):
+    "gspmd" (default) needs no mesh; "gather" and "ring" run on `mesh`'s batch axes.
+    """
     name = config.loss.name
     if name not in LOSSES:
         raise ValueError(f"loss.name {name!r} must be one of {', '.join(LOSSES)}")
+    variant = config.loss.get("variant", "gspmd")
+    bidirectional = bool(config.loss.get("bidirectional", False))
+    if variant not in sharded.VARIANTS:
+        raise ValueError(f"loss.variant {variant!r} must be one of {', '.join(sharded.VARIANTS)}")
+    if variant != "gspmd" and mesh is None:
+        raise ValueError(f"loss.variant {variant!r} runs on the device mesh, but make_loss_fn "
+                         "got mesh=None: pass the run's mesh, or use loss.variant=gspmd")
 
     def loss_fn(params, batch, rng):
         del rng  # no dropout or masking in these models
@@ -23,11 +34,13 @@ def make_loss_fn(model, config: ml_collections.ConfigDict, mesh=None):
             {"params": params}, batch["image"], batch["text_tokens"]
         )
         if name == "softmax":
-            loss, metrics = contrastive.softmax_contrastive_loss(
-                image_emb, text_emb, extras["logit_scale"])
+            loss, metrics = sharded.sharded_softmax_contrastive_loss(
+                image_emb, text_emb, extras["logit_scale"], mesh, variant,
+                bidirectional=bidirectional)
         else:
-            loss, metrics = contrastive.sigmoid_contrastive_loss(
-                image_emb, text_emb, extras["logit_scale"], extras["logit_bias"])
+            loss, metrics = sharded.sharded_sigmoid_contrastive_loss(
+                image_emb, text_emb, extras["logit_scale"], extras["logit_bias"], mesh, variant,
+                bidirectional=bidirectional)
         metrics["logit_scale"] = extras["logit_scale"]
         return loss, metrics
 
