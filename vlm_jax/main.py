@@ -54,7 +54,8 @@ def main(overrides: list[str]) -> None:
     print(config)
     try:
         loop.train(config, _WORKDIR.value)
-    except (checkpoint.CheckpointMismatchError, loop.NonFiniteLossError) as error:
+    except (configlib.ConfigError, checkpoint.CheckpointMismatchError,
+            loop.NonFiniteLossError) as error:
         sys.exit(f"error: {error}")
 
 

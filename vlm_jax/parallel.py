@@ -7,6 +7,8 @@ axes, so data parallel, FSDP and tensor parallel are mesh shapes, not code paths
 
 from __future__ import annotations
 
+import glob
+import importlib.util
 import os
 from collections.abc import Mapping, Sequence
 
@@ -18,19 +20,70 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
+# Set by srun inside a job step; sbatch alone sets only some (its script is one process).
+_SLURM_STEP = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID",
+               "SLURM_LOCALID")
 
 
-def maybe_initialize_distributed() -> None:
+def cluster_environment(environ: Mapping[str, str], on_tpu_vm: bool) -> str | None:
+    """Which multi-process start this process is part of: "explicit", "slurm", "tpu" or None.
+
+    explicit: VLM_JAX_COORDINATOR (host:port), VLM_JAX_NUM_PROCESSES, VLM_JAX_PROCESS_ID are
+        set (launch/local.sh); slurm: inside an srun step of several tasks (launch/slurm.sbatch);
+        tpu: on a Cloud TPU VM, where every host of a pod runs the same command
+        (launch/tpu_pod.sh). None: one process.
+    """
+    if "VLM_JAX_COORDINATOR" in environ:
+        return "explicit"
+    if all(name in environ for name in _SLURM_STEP) and int(environ["SLURM_NTASKS"]) > 1:
+        return "slurm"
+    return "tpu" if on_tpu_vm else None
+
+
+def on_cloud_tpu_vm() -> bool:
+    """libtpu is installed and TPU chips are attached (/dev/accel* up to v4, /dev/vfio after)."""
+    return importlib.util.find_spec("libtpu") is not None and bool(
+        glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))
+
+
+def maybe_initialize_distributed(environ: Mapping[str, str] = os.environ) -> str | None:
     """Join a multi-process run when the environment describes one; else stay single-process.
 
-    Explicit: VLM_JAX_COORDINATOR (host:port), VLM_JAX_NUM_PROCESSES, VLM_JAX_PROCESS_ID.
+    Returns the `cluster_environment` joined. VLM_JAX_DISTRIBUTED_TIMEOUT (seconds) bounds the
+    start-up wait for the other processes, the heartbeat that notices a dead one, and the
+    shutdown barrier (jax's defaults: 300, 100, 300).
     """
-    if "VLM_JAX_COORDINATOR" in os.environ:
+    kind = cluster_environment(environ, on_cloud_tpu_vm())
+    timeouts = {}
+    if "VLM_JAX_DISTRIBUTED_TIMEOUT" in environ:
+        seconds = int(environ["VLM_JAX_DISTRIBUTED_TIMEOUT"])
+        timeouts = dict(initialization_timeout=seconds, heartbeat_timeout_seconds=seconds,
+                        shutdown_timeout_seconds=seconds)
+    if kind == "explicit":
+        missing = [name for name in ("VLM_JAX_NUM_PROCESSES", "VLM_JAX_PROCESS_ID")
+                   if name not in environ]
+        if missing:
+            raise ValueError(f"VLM_JAX_COORDINATOR is set, so {' and '.join(missing)} must be "
+                             "set too (or use launch/local.sh, which sets all three)")
         jax.distributed.initialize(
-            coordinator_address=os.environ["VLM_JAX_COORDINATOR"],
-            num_processes=int(os.environ["VLM_JAX_NUM_PROCESSES"]),
-            process_id=int(os.environ["VLM_JAX_PROCESS_ID"]),
+            coordinator_address=environ["VLM_JAX_COORDINATOR"],
+            num_processes=int(environ["VLM_JAX_NUM_PROCESSES"]),
+            process_id=int(environ["VLM_JAX_PROCESS_ID"]),
+            **timeouts,
         )
+    elif kind == "slurm":
+        # jax gives each task the one GPU numbered SLURM_LOCALID; a task that is alone on its
+        # node drives all the node's GPUs instead.
+        nodes = int(environ.get("SLURM_STEP_NUM_NODES", environ.get("SLURM_NNODES", "1")))
+        local_device_ids = None
+        if int(environ["SLURM_NTASKS"]) == nodes and "SLURM_GPUS_ON_NODE" in environ:
+            local_device_ids = list(range(int(environ["SLURM_GPUS_ON_NODE"])))
+        jax.distributed.initialize(cluster_detection_method="slurm",
+                                   local_device_ids=local_device_ids, **timeouts)
+    elif kind == "tpu":
+        # jax reads the pod's hosts and this host's index from the TPU VM metadata.
+        jax.distributed.initialize(**timeouts)
+    return kind
 
 
 def mesh_shape(mesh_config: Mapping[str, int], num_devices: int) -> tuple[int, int, int]:

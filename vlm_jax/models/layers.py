@@ -24,14 +24,30 @@ def zeros_init(names: tuple[str, ...]):
     return nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
 
 
+def quick_gelu(x: jax.Array) -> jax.Array:
+    """OpenAI CLIP's sigmoid approximation of GELU."""
+    return x * jax.nn.sigmoid(1.702 * x)
+
+
+# Imported checkpoints need the activation they were trained with: "gelu" is the tanh
+# approximation (flax's default; HF "gelu_pytorch_tanh"), "gelu_exact" the erf form (HF "gelu").
+ACTIVATIONS = {
+    "gelu": nn.gelu,
+    "gelu_exact": lambda x: nn.gelu(x, approximate=False),
+    "quick_gelu": quick_gelu,
+}
+
+
 class LayerNorm(nn.Module):
     """LayerNorm whose scale/bias carry the `embed` axis name; statistics in float32."""
 
     dtype: Dtype = jnp.float32
+    eps: float = 1e-6
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         return nn.LayerNorm(
+            epsilon=self.eps,
             dtype=self.dtype,
             scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
             bias_init=zeros_init(("embed",)),
@@ -78,10 +94,11 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
-    """Two-layer GELU MLP (the ViT / CLIP block)."""
+    """Two-layer MLP (the ViT / CLIP block); `activation` names one of ACTIVATIONS."""
 
     mlp_dim: int
     dtype: Dtype = jnp.float32
+    activation: str = "gelu"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -92,7 +109,9 @@ class Mlp(nn.Module):
             kernel_init=dense_init(("embed", "mlp")),
             bias_init=zeros_init(("mlp",)),
         )(x)
-        x = nn.gelu(x)
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation {self.activation!r} must be one of {sorted(ACTIVATIONS)}")
+        x = ACTIVATIONS[self.activation](x)
         return nn.Dense(
             width,
             dtype=self.dtype,
@@ -107,13 +126,16 @@ class EncoderBlock(nn.Module):
     num_heads: int
     mlp_dim: int
     dtype: Dtype = jnp.float32
+    ln_eps: float = 1e-6
+    activation: str = "gelu"
 
     @nn.compact
     def __call__(self, x, mask=None, is_causal: bool = False):
         x = x + Attention(self.num_heads, self.dtype, name="attn")(
-            LayerNorm(self.dtype, name="norm1")(x), mask=mask, is_causal=is_causal
+            LayerNorm(self.dtype, self.ln_eps, name="norm1")(x), mask=mask, is_causal=is_causal
         )
-        return x + Mlp(self.mlp_dim, self.dtype, name="mlp")(LayerNorm(self.dtype, name="norm2")(x))
+        mlp = Mlp(self.mlp_dim, self.dtype, self.activation, name="mlp")
+        return x + mlp(LayerNorm(self.dtype, self.ln_eps, name="norm2")(x))
 
 
 class Encoder(nn.Module):
@@ -123,14 +145,15 @@ class Encoder(nn.Module):
     num_heads: int
     mlp_dim: int
     dtype: Dtype = jnp.float32
+    ln_eps: float = 1e-6
+    activation: str = "gelu"
 
     @nn.compact
     def __call__(self, x, mask=None, is_causal: bool = False):
         for i in range(self.depth):
-            x = EncoderBlock(self.num_heads, self.mlp_dim, self.dtype, name=f"block{i}")(
-                x, mask=mask, is_causal=is_causal
-            )
-        return LayerNorm(self.dtype, name="norm")(x)
+            x = EncoderBlock(self.num_heads, self.mlp_dim, self.dtype, self.ln_eps,
+                             self.activation, name=f"block{i}")(x, mask=mask, is_causal=is_causal)
+        return LayerNorm(self.dtype, self.ln_eps, name="norm")(x)
 
 
 class AttentionPool(nn.Module):
@@ -140,6 +163,8 @@ class AttentionPool(nn.Module):
     mlp_dim: int
     num_queries: int = 1
     dtype: Dtype = jnp.float32
+    ln_eps: float = 1e-6
+    activation: str = "gelu"
 
     @nn.compact
     def __call__(self, tokens: jax.Array, mask=None) -> jax.Array:  # [B, L, D] -> [B, Q, D]
@@ -151,5 +176,6 @@ class AttentionPool(nn.Module):
         )
         queries = jnp.broadcast_to(probe.astype(tokens.dtype), (tokens.shape[0], *probe.shape))
         x = Attention(self.num_heads, self.dtype, name="attn")(queries, tokens, mask=mask)
-        return x + Mlp(self.mlp_dim, self.dtype, name="mlp")(LayerNorm(self.dtype, name="norm")(x))
+        mlp = Mlp(self.mlp_dim, self.dtype, self.activation, name="mlp")
+        return x + mlp(LayerNorm(self.dtype, self.ln_eps, name="norm")(x))
 

@@ -26,6 +26,9 @@ class TextTransformer(nn.Module):
     causal: bool = True
     pool: str = "eos"
     pad_id: int = 0
+    # Imported checkpoints: LayerNorm epsilon and MLP activation (see layers.ACTIVATIONS).
+    ln_eps: float = 1e-6
+    activation: str = "gelu"
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -51,9 +54,8 @@ class TextTransformer(nn.Module):
         # Causal: valid tokens never see the right-padding, so no key mask is needed (and the
         # fused causal kernel stays available). Bidirectional: mask padded keys.
         mask = None if self.causal else text_mask[:, None, None, :]
-        x = layers.Encoder(self.depth, self.num_heads, self.mlp_dim, self.dtype, name="encoder")(
-            x, mask=mask, is_causal=self.causal
-        )
+        x = layers.Encoder(self.depth, self.num_heads, self.mlp_dim, self.dtype, self.ln_eps,
+                           self.activation, name="encoder")(x, mask=mask, is_causal=self.causal)
         if self.pool in ("eos", "last"):
             last = jnp.maximum(text_mask.sum(axis=1) - 1, 0)
             pooled = jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0]

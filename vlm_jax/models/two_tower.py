@@ -9,8 +9,12 @@ import jax
 import jax.numpy as jnp
 
 from vlm_jax.models import layers
+from vlm_jax.models.bert import BertTextTower
 from vlm_jax.models.text import TextTransformer
 from vlm_jax.models.vit import ViT
+
+# `text["type"]` -> the text tower's module ("transformer" when absent).
+TEXT_TOWERS = {"transformer": TextTransformer, "bert": BertTextTower}
 
 
 def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
@@ -22,7 +26,8 @@ class TwoTower(nn.Module):
 
     `extras` holds "logit_scale" (exp of the learned log-scale t, capped at `max_logit_scale`),
     "logit_bias" (when `logit_bias_init` is set: SigLIP) and the towers' tokens.
-    Either input may be None to run one tower only.
+    Either input may be None to run one tower only. `proj_bias` gives both projections a bias
+    (imported SigLIP: its text head has one).
     """
 
     image: dict[str, Any]
@@ -31,14 +36,20 @@ class TwoTower(nn.Module):
     logit_scale_init: float
     logit_bias_init: float | None = None
     max_logit_scale: float = 100.0
+    proj_bias: bool = False
     dtype: jnp.dtype = jnp.float32
 
     def setup(self):
         self.image_tower = ViT(**self.image, dtype=self.dtype)
-        self.text_tower = TextTransformer(**self.text, dtype=self.dtype)
+        text = dict(self.text)
+        text_type = text.pop("type", "transformer")
+        if text_type not in TEXT_TOWERS:
+            raise ValueError(f"text tower type {text_type!r} must be one of {sorted(TEXT_TOWERS)}")
+        self.text_tower = TEXT_TOWERS[text_type](**text, dtype=self.dtype)
         proj = lambda name: nn.Dense(
-            self.embed_dim, use_bias=False, dtype=self.dtype,
-            kernel_init=layers.dense_init(("embed", "proj")), name=name,
+            self.embed_dim, use_bias=self.proj_bias, dtype=self.dtype,
+            kernel_init=layers.dense_init(("embed", "proj")),
+            bias_init=layers.zeros_init(("proj",)), name=name,
         )
         self.image_proj, self.text_proj = proj("image_proj"), proj("text_proj")
         self.log_scale = self.param(

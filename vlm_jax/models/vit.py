@@ -44,7 +44,11 @@ class ViT(nn.Module):
     """Patchify -> (+CLS) -> learned positions -> pre-norm encoder -> pool.
 
     Returns `(pooled [B, D], {"tokens": [B, N, D]})`; `pool` is "cls", "gap" (mean of patch
-    tokens) or "map" (multi-head attention pooling).
+    tokens) or "map" (multi-head attention pooling). With `num_extra_tokens = K > 0`, K learned
+    tokens (e.g. Llip's mixture tokens) join the sequence and their outputs come back as
+    `extras["extra_tokens"]` [B, K, D]; pooling and "tokens" see the patch tokens only.
+    `pre_norm` adds a LayerNorm before the encoder (OpenAI CLIP's "pre_layrnorm"); `ln_eps` and
+    `activation` (layers.ACTIVATIONS) let imported checkpoints compute as they were trained.
     """
 
     width: int
@@ -53,6 +57,10 @@ class ViT(nn.Module):
     mlp_dim: int
     patch_size: int = 16
     pool: str = "map"
+    num_extra_tokens: int = 0
+    pre_norm: bool = False
+    ln_eps: float = 1e-6
+    activation: str = "gelu"
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -80,12 +88,30 @@ class ViT(nn.Module):
             (1, x.shape[1], self.width),
         )
         x = x + positions.astype(x.dtype)
-        x = layers.Encoder(self.depth, self.num_heads, self.mlp_dim, self.dtype, name="encoder")(x)
+        num_extra = self.num_extra_tokens
+        if num_extra:
+            # No position embedding: each learned token is already distinct.
+            extra = self.param(
+                "extra_tokens",
+                nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, None, "embed")),
+                (1, num_extra, self.width),
+            )
+            extra = jnp.broadcast_to(extra, (x.shape[0], num_extra, self.width)).astype(x.dtype)
+            x = jnp.concatenate([extra, x], axis=1)
+        if self.pre_norm:
+            x = layers.LayerNorm(self.dtype, self.ln_eps, name="pre_norm")(x)
+        x = layers.Encoder(self.depth, self.num_heads, self.mlp_dim, self.dtype, self.ln_eps,
+                           self.activation, name="encoder")(x)
+        extra_out, x = x[:, :num_extra], x[:, num_extra:]
         if self.pool == "cls":
             pooled, x = x[:, 0], x[:, 1:]
         elif self.pool == "gap":
             pooled = x.mean(axis=1)
         else:
-            pool = layers.AttentionPool(self.num_heads, self.mlp_dim, 1, self.dtype, name="map")
+            pool = layers.AttentionPool(self.num_heads, self.mlp_dim, 1, self.dtype, self.ln_eps,
+                                        self.activation, name="map")
             pooled = pool(x)[:, 0]
-        return pooled, {"tokens": x}
+        extras = {"tokens": x}
+        if num_extra:
+            extras["extra_tokens"] = extra_out
+        return pooled, extras

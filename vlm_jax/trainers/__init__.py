@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-TRAINERS = ("contrastive",)
+TRAINERS = ("contrastive", "llip", "coca")
 
 
 def get_trainer(name: str) -> ModuleType:

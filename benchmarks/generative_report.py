@@ -1,0 +1,244 @@
+"""Train (or load) CoCa tiny and SigLIP tiny, evaluate both, and write docs/generative.md:
+captioning (CIDEr-D, BLEU-4, CLIPScore), VQA accuracy by question type, POPE hallucination,
+and zero-shot / compositional scores by embedding similarity against caption likelihood.
+
+    python benchmarks/generative_report.py                  # train what is missing, evaluate, write
+    python benchmarks/generative_report.py --retrain        # start both runs over
+    python benchmarks/generative_report.py --micro --steps=5 --out=/tmp/generative.md  # smoke run
+
+Runs live in --root (default runs/generative; --micro: runs/generative_micro): siglip_tiny/ and
+coca_tiny/. A workdir whose results.json records the requested number of steps is reused; one
+cut short resumes; one trained for another number of steps is refused (use --retrain or another
+--root). The evals always run on the restored checkpoints; SigLIP is also CoCa's CLIPScore judge
+(eval_config.clipscore_workdir), so captions are scored by a model that did not write them.
+--micro shrinks the batch and every eval set to smoke-test the whole path in a few minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from vlm_jax import configlib, evals, loop, restore  # noqa: E402
+from vlm_jax.data import world  # noqa: E402
+
+CONTRASTIVE_EVALS = ("zeroshot", "retrieval", "compositional")
+GENERATIVE_EVALS = ("captioning", "vqa", "pope", "genzeroshot", "gencompositional")
+RUNS = {"siglip_tiny": "configs/siglip.py:tiny", "coca_tiny": "configs/coca.py:tiny"}
+MICRO_EVALS = dict(batch_size=32, zeroshot_size=48, retrieval_size=32, probe_size=8,
+                   captioning_size=8, vqa_size=16, pope_size=8, pope_stats_size=200,
+                   genzeroshot_size=24)
+
+
+def run_config(spec: str, steps: int, batch: int, micro: bool):
+    """The config of one run: the tiny config with the report's step/batch overrides."""
+    args = [arg for arg in (f"steps={steps}" if steps else "", f"batch={batch}" if batch else "")
+            if arg]
+    config = configlib.load_config(spec + "".join("," + arg for arg in args))
+    config.evals.names = ()  # the report evaluates the restored checkpoint itself
+    if micro:
+        config.log_every = 1
+        config.evals.update(MICRO_EVALS)
+    return config
+
+
+def train_or_reuse(config, workdir: str, retrain: bool) -> str:
+    """Train the run in `workdir` unless it is complete there; returns what was done."""
+    if retrain and os.path.exists(workdir):
+        shutil.rmtree(workdir)
+    if os.path.exists(os.path.join(workdir, "results.json")):
+        with open(os.path.join(workdir, "config.json")) as f:
+            recorded = json.load(f)["config"]
+        trained = (recorded["total_steps"], recorded["batch_size"])
+        if trained != (config.total_steps, config.batch_size):
+            raise SystemExit(f"{workdir} holds a run of {trained[0]} steps at batch {trained[1]}, "
+                             f"not {config.total_steps} at {config.batch_size}; pass --retrain "
+                             "or another --root")
+        return "reused the finished run"
+    started = time.perf_counter()
+    loop.train(config, workdir)
+    return f"trained in {time.perf_counter() - started:.0f} s"
+
+
+def evaluate(run: restore.RestoredRun, names: tuple[str, ...], eval_config) -> dict[str, float]:
+    """The evals `names` on a restored run."""
+    caption_model = run.caption_model() if evals.needs_caption_model(names) else None
+    return evals.run_evals(names, run.scorer(), eval_config, caption_model)
+
+
+def sample_captions(run: restore.RestoredRun, count: int, eval_config) -> list[tuple[str, str]]:
+    """(dataset caption, generated caption) of the first `count` val images."""
+    val = world.World("val", seed=eval_config.seed, image_size=eval_config.image_size)
+    examples = [val[index] for index in range(count)]
+    generated = run.caption_model().generate(np.stack([example["image"] for example in examples]))
+    return [(example["caption"], caption)
+            for example, caption in zip(examples, generated, strict=True)]
+
+
+def _cell(results: dict, key: str) -> str:
+    return f"{results[key]:.3f}" if key in results else "—"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def markdown(siglip: dict, coca: dict, samples: list[tuple[str, str]], setup: dict) -> str:
+    """docs/generative.md from the two runs' results (missing metrics show as —)."""
+    kinds = world.PROBE_KINDS
+    zeroshot = _table(["model", "scoring", "top-1", "chance"], [
+        ["SigLIP tiny", "embedding cosine", _cell(siglip, "zeroshot/single_object/top1"),
+         _cell(siglip, "zeroshot/single_object/chance")],
+        ["CoCa tiny", "embedding cosine", _cell(coca, "zeroshot/single_object/top1"),
+         _cell(coca, "zeroshot/single_object/chance")],
+        ["CoCa tiny", "caption likelihood", _cell(coca, "genzeroshot/single_object/top1"),
+         _cell(coca, "genzeroshot/single_object/chance")],
+    ])
+    probe_rows = []
+    for label, results, prefix in (("SigLIP tiny", siglip, "compositional"),
+                                   ("CoCa tiny", coca, "compositional"),
+                                   ("CoCa tiny (likelihood)", coca, "gencompositional")):
+        for kind in kinds:
+            probe_rows.append([label, kind] + [
+                _cell(results, f"{prefix}/{kind}/{metric}")
+                for metric in ("acc2", "text", "image", "group")]
+                + [_cell(results, f"compositional/{kind}/blind_acc2")
+                   if prefix == "compositional" else "—"])
+    probes = _table(["model", "probe", "acc2", "text", "image", "group", "blind acc2"],
+                    probe_rows)
+    captioning = _table(["metric", "CoCa tiny"], [
+        ["CIDEr-D", _cell(coca, "captioning/val/cider")],
+        ["BLEU-4", _cell(coca, "captioning/val/bleu4")],
+        ["CLIPScore (SigLIP judge)", _cell(coca, "captioning/val/clipscore")],
+        ["CLIPScore of the dataset captions", _cell(coca, "captioning/val/clipscore_refs")],
+    ])
+    chance = {kind: 1 / len(evals.vqa.answer_candidates(kind, setup["image_size"]))
+              for kind in world.QA_KINDS}
+    vqa = _table(["question type", "CoCa tiny", "chance"], [
+        [kind, _cell(coca, f"vqa/val/{kind}"), f"{chance[kind]:.3f}"] for kind in world.QA_KINDS
+    ] + [["overall", _cell(coca, "vqa/val/overall"), _cell(coca, "vqa/val/chance")]])
+    pope_metrics = ("accuracy", "precision", "recall", "f1", "yes_ratio", "auc")
+    pope = _table(["negatives"] + list(pope_metrics), [
+        [sampling] + [_cell(coca, f"pope/{sampling}/{metric}") for metric in pope_metrics]
+        for sampling in evals.pope.SAMPLINGS])
+    sample_table = _table(["dataset caption", "CoCa tiny (greedy)"],
+                          [[reference, generated or "(empty)"] for reference, generated in samples])
+    return TEMPLATE.format(
+        command=setup["command"], runs=setup["runs"], captioning=captioning, vqa=vqa, pope=pope,
+        zeroshot=zeroshot, probes=probes, samples=sample_table, num_samples=len(samples),
+        eval_sizes=", ".join(f"{k}={v}" for k, v in setup["eval_sizes"].items()))
+
+
+TEMPLATE = """# Generative evaluations: CoCa against SigLIP
+
+Written by `benchmarks/generative_report.py` (do not edit by hand; rerun it):
+
+    {command}
+
+Runs: {runs}. Eval sets ({eval_sizes}) are drawn from the synthetic world's val split with
+seed 0, so every number here is reproducible on a CPU.
+
+How each number is made (the module docstrings in `vlm_jax/evals/` say more):
+
+- **Captioning** (`captioning.py`, `caption_metrics.py`): greedy captions of val images against
+  5 true captions per image (different templates of the same scene). CIDEr-D and BLEU-4 are the
+  COCO toolkit's (tested equal to `pycocoevalcap` to 1e-6). CLIPScore = 2.5·max(cos, 0) under
+  the SigLIP run, which did not write the captions; the dataset's own captions, scored the
+  same way, are the reference point (a judge can like a model's captions more than true ones).
+- **VQA** (`vqa.py`): CoCa was trained on captions only, so it ranks the closed answer set of
+  each question type by log p("question answer" | image); the question is a shared prefix, so
+  this is log p(answer | image, question). Exact match, ties wrong.
+- **POPE** (`pope.py`): "is there a <colour> <shape> in the image?" about up to 3 present and
+  as many absent colour-shape pairs per image, absent ones drawn at random, by train frequency
+  (popular), or sharing a colour or shape with a present object (adversarial). The answer is
+  yes iff log p(question yes) > log p(question no). AUC: how often a present object's yes-no
+  margin beats an absent one's, i.e. whether the model separates them at any threshold.
+- **Zero-shot and probes**: the same model scored two ways, embedding cosine (contrastive
+  towers) and caption likelihood log p(prompt | image) (`generative_zeroshot.py`,
+  `generative_compositional.py`). Winoground-style text / image / group scores and ARO-style
+  acc2, ties never correct; the blind baseline sees no image (acc2 ≤ 0.5 by construction).
+
+## Captioning
+
+{captioning}
+
+## VQA accuracy by question type
+
+{vqa}
+
+## POPE hallucination (CoCa tiny)
+
+{pope}
+
+## Zero-shot classification (24 single-object classes)
+
+{zeroshot}
+
+## Compositional probes: embedding similarity vs caption likelihood
+
+{probes}
+
+## Sample captions (the first {num_samples} val images)
+
+{samples}
+"""
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", default="", help="runs folder (default runs/generative)")
+    parser.add_argument("--out", default="docs/generative.md", help="Markdown file to write")
+    parser.add_argument("--retrain", action="store_true", help="delete and retrain both runs")
+    parser.add_argument("--steps", type=int, default=0, help="training steps (0: the config's)")
+    parser.add_argument("--batch", type=int, default=0, help="batch size (0: the config's)")
+    parser.add_argument("--micro", action="store_true",
+                        help="smoke run: batch 16 (unless --batch), tiny eval sets")
+    parser.add_argument("--samples", type=int, default=6, help="sample captions to show")
+    args = parser.parse_args(argv)
+    root = args.root or ("runs/generative_micro" if args.micro else "runs/generative")
+    batch = args.batch or (16 if args.micro else 0)
+    configs = {name: run_config(spec, args.steps, batch, args.micro)
+               for name, spec in RUNS.items()}
+    workdirs = {name: os.path.join(root, name) for name in RUNS}
+    done = {name: train_or_reuse(configs[name], workdirs[name], args.retrain) for name in RUNS}
+
+    eval_config = configs["coca_tiny"].evals
+    eval_config.clipscore_workdir = workdirs["siglip_tiny"]
+    started = time.perf_counter()
+    siglip = evaluate(restore.restore_run(workdirs["siglip_tiny"]), CONTRASTIVE_EVALS, eval_config)
+    coca_run = restore.restore_run(workdirs["coca_tiny"])
+    coca = evaluate(coca_run, CONTRASTIVE_EVALS + GENERATIVE_EVALS, eval_config)
+    samples = sample_captions(coca_run, args.samples, eval_config)
+    print(f"evaluated in {time.perf_counter() - started:.0f} s")
+    print(evals.format_table({**{f"siglip:{k}": v for k, v in siglip.items()},
+                              **{f"coca:{k}": v for k, v in coca.items()}}))
+
+    command = "python benchmarks/generative_report.py " + " ".join(
+        sys.argv[1:] if argv is None else argv)
+    runs = "; ".join(
+        f"`{RUNS[name]}` ({configs[name].total_steps} steps at batch {configs[name].batch_size}, "
+        f"{done[name]})" for name in RUNS)
+    sizes = {key: eval_config[key] for key in ("zeroshot_size", "retrieval_size", "probe_size",
+                                               "captioning_size", "vqa_size", "pope_size",
+                                               "genzeroshot_size")}
+    setup = {"command": command.strip(), "runs": runs, "eval_sizes": sizes,
+             "image_size": eval_config.image_size}
+    with open(args.out, "w") as f:
+        f.write(markdown(siglip, coca, samples, setup))
+    with open(os.path.join(root, "report_results.json"), "w") as f:
+        json.dump({"siglip_tiny": siglip, "coca_tiny": coca}, f, indent=1, sort_keys=True)
+    print(f"wrote {args.out} and {os.path.join(root, 'report_results.json')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""LiT (locked-image tuning) and its mirror: one tower locked, the other trained to match it.
+
+    configs/lit.py:tiny                    SigLIP tiny's towers, image tower locked, softmax loss
+    configs/lit.py:tiny,locked=text        text tower locked instead
+    configs/lit.py:tiny,loss=sigmoid       the sigmoid loss (SigLIP init t = ln 10, b = -10)
+    configs/lit.py:tiny,init_from=runs/siglip_tiny   lock the image tower of a trained run
+    configs/lit.py:variant=B/16            ViT-B/16 at 224 px
+
+Locking is `optim.param_rules`: the locked tower gets ("<tower>/.*", "freeze"), so it is never
+updated and keeps no optimizer state. Its projection into the shared space stays trainable:
+it is the adapter that maps the locked features to the other tower's. LiT is meant for a
+pretrained locked tower: `init_from` (a workdir, converter output or packaged model, see
+vlm_jax/init_from.py) loads that tower's parameters only. Without it the other tower learns
+to match fixed random features, which shows the mechanics, not LiT's accuracy.
+"""
+
+import math
+
+from configs import common
+from vlm_jax.configlib import ConfigError, parse_arg
+
+# locked=<name> -> the parameters it freezes.
+LOCKED_TOWERS = {"image": "image_tower/.*", "text": "text_tower/.*"}
+
+
+def get_config(arg=None):
+    arg = parse_arg(arg, tiny=False, locked="image", loss="softmax", init_from="",
+                    variant="B/16", text_variant="B", batch=256, steps=0, image_size=0,
+                    text_length=0)
+    if arg.locked not in LOCKED_TOWERS:
+        raise ConfigError(
+            f"config arg locked={arg.locked!r}: use one of {', '.join(LOCKED_TOWERS)}")
+    if arg.loss not in ("softmax", "sigmoid"):
+        raise ConfigError(f"config arg loss={arg.loss!r}: use softmax or sigmoid")
+    c = common.base_config()
+    c.loss = dict(name=arg.loss)
+    if arg.loss == "softmax":
+        scale = dict(logit_scale_init=math.log(1 / 0.07), logit_bias_init=None,
+                     max_logit_scale=100.0)
+    else:
+        scale = dict(logit_scale_init=math.log(10.0), logit_bias_init=-10.0,
+                     max_logit_scale=float("inf"))
+    c.model = dict(
+        name="two_tower", embed_dim=768, **scale,
+        image=common.tower(arg.variant, patch_size=0, pool="map"),
+        text=common.tower(arg.text_variant, max_len=64, causal=False, pool="eos"),
+    )
+    c.optim.param_rules = ((LOCKED_TOWERS[arg.locked], "freeze"),)
+    if arg.init_from:
+        c.init_from, c.init_from_regex = arg.init_from, LOCKED_TOWERS[arg.locked]
+    if arg.tiny:
+        c.model.embed_dim = 128
+        c.model.image = common.tiny_tower(patch_size=8, pool="map")
+        c.model.text = common.tiny_tower(max_len=32, causal=False, pool="eos")
+        common.apply_run_args(c, arg, steps=600, image_size=32, text_length=24)
+        c.log_every, c.checkpoint_every = 25, 200
+    else:
+        common.apply_run_args(c, arg, steps=10_000, image_size=224, text_length=64)
+        c.compute_dtype = "bfloat16"
+    return c

@@ -1,0 +1,128 @@
+"""More mesh layouts (pure FSDP, pure tensor parallel) and checkpoints moved between meshes.
+
+tests/test_parallel.py covers data=4,fsdp=2 and data=2,fsdp=2,tensor=2; here each parallelism
+alone equals the single-device step, and a checkpoint saved under one mesh restores under
+another (other devices, other count, other layout) with equal values and the new shardings.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vlm_jax import checkpoint, configlib, models, optim, parallel
+from vlm_jax.train_state import create_train_state, make_train_step
+from vlm_jax.trainers import contrastive
+
+BATCH, SIZE, LENGTH, VOCAB = 16, 16, 12, 64
+
+
+@pytest.fixture(scope="module")
+def setup():
+    config = configlib.load_config("configs/siglip.py:tiny")
+    config.model.image.update(width=32, depth=1, num_heads=4, mlp_dim=64)
+    config.model.text.update(width=32, depth=1, num_heads=4, mlp_dim=64)
+    config.model.embed_dim = 32
+    model = models.build_model(config.model, VOCAB)
+    tx, schedule = optim.make_optimizer(config.optim, 10)
+    rng = np.random.default_rng(1)
+    tokens = rng.integers(1, VOCAB, (BATCH, LENGTH)).astype(np.int32)
+    tokens[:, 8:] = 0
+    batch = {"image": rng.integers(0, 256, (BATCH, SIZE, SIZE, 3), dtype=np.uint8),
+             "text_tokens": tokens}
+    return config, model, tx, schedule, batch
+
+
+def _new_state(setup, mesh_config, devices):
+    """(state, shardings, abstract_state) of a fresh run on `devices` laid out as `mesh_config`."""
+    config, model, tx, _, _ = setup
+    mesh = parallel.make_mesh(mesh_config, devices)
+    rules = parallel.logical_rules(config)
+    init = lambda rng: model.init(
+        rng, jnp.zeros((1, SIZE, SIZE, 3), jnp.uint8), jnp.zeros((1, LENGTH), jnp.int32))["params"]
+    with nn.logical_axis_rules(rules):
+        return (*create_train_state(init, tx, 0, mesh, rules), mesh)
+
+
+def _train(setup, mesh_config, devices, steps=2):
+    config, model, tx, schedule, batch = setup
+    state, shardings, _, mesh = _new_state(setup, mesh_config, devices)
+    with nn.logical_axis_rules(parallel.logical_rules(config)):
+        step = make_train_step(contrastive.make_loss_fn(model, config), tx, schedule, 1,
+                               shardings, mesh)
+        losses = []
+        for _ in range(steps):
+            state, metrics = step(state, parallel.global_batch(batch, mesh))
+            losses.append(float(metrics["train/loss"]))
+    return np.array(losses), state
+
+
+@pytest.fixture(scope="module")
+def single_device(setup):
+    losses, state = _train(setup, dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
+    return losses, jax.tree_util.tree_map(np.asarray, state.params)
+
+
+@pytest.fixture(scope="module")
+def fsdp_run(setup):
+    return _train(setup, dict(data=1, fsdp=8, tensor=1), jax.devices())
+
+
+def _sharded_leaves(params, axis: str):
+    """{path: (global shape, one device's shard shape)} of the params split over `axis`."""
+    out = {}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        if axis in jax.tree_util.tree_leaves(tuple(leaf.sharding.spec)):
+            out[jax.tree_util.keystr(path)] = (leaf.shape, leaf.addressable_shards[0].data.shape)
+    return out
+
+
+def _assert_equal_to_single_device(losses, params, single_device):
+    # Tolerance as in tests/test_parallel.py: sharded reductions sum in another order.
+    ref_losses, ref_params = single_device
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+    for got, want in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(ref_params)):
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-5)
+
+
+def test_fsdp_alone_equals_single_device(fsdp_run, single_device):
+    losses, state = fsdp_run
+    _assert_equal_to_single_device(losses, state.params, single_device)
+    # Parameters and optimizer state are split 8 ways along `embed`.
+    for tree in (state.params, state.opt_state):
+        sharded = _sharded_leaves(tree, "fsdp")
+        assert sharded and all(np.prod(full) == 8 * np.prod(shard)
+                               for full, shard in sharded.values())
+
+
+def test_tensor_parallel_alone_equals_single_device(setup, single_device):
+    losses, state = _train(setup, dict(data=1, fsdp=1, tensor=2), jax.devices()[:2])
+    _assert_equal_to_single_device(losses, state.params, single_device)
+    # Both towers split their heads and MLP hidden units over the two devices.
+    sharded = _sharded_leaves(state.params, "tensor")
+    for tower in ("image_tower", "text_tower"):
+        for part in ("attn", "mlp"):
+            paths = [p for p in sharded if tower in p and part in p]
+            assert paths, f"no {tower} {part} parameter is tensor-parallel"
+            assert all(np.prod(sharded[p][0]) == 2 * np.prod(sharded[p][1]) for p in paths)
+
+
+def test_checkpoint_restores_under_another_mesh(setup, fsdp_run, tmp_path):
+    """Saved from 8 devices as fsdp=8, restored on 4 others as data=2 x tensor=2."""
+    target, devices = dict(data=2, fsdp=1, tensor=2), slice(4, 8)
+    _, saved = fsdp_run  # trained 2 steps: the optimizer moments are nonzero
+    ckpt = checkpoint.Checkpointer(str(tmp_path))
+    ckpt.save(2, saved, {"iterator": {"position": 2}, "corrupt_records": 0})
+    ckpt.close()
+
+    _, shardings, abstract, _ = _new_state(setup, target, jax.devices()[devices])
+    restored, data_state = checkpoint.Checkpointer(str(tmp_path)).restore(2, abstract)
+    assert data_state == {"iterator": {"position": 2}, "corrupt_records": 0}
+    assert int(restored.step) == 2
+    for got, want, sharding in zip(jax.tree_util.tree_leaves(restored),
+                                   jax.tree_util.tree_leaves(saved),
+                                   jax.tree_util.tree_leaves(shardings)):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+        assert got.sharding == sharding
+        assert set(got.sharding.device_set) <= set(jax.devices()[devices])

@@ -1,0 +1,96 @@
+"""Hugging Face `SiglipModel` -> our TwoTower (ViT with MAP head, bidirectional text).
+
+SigLIP's text tower has no notion of padding: it attends to every position and pools the last
+one (its tokenizer pads to max length with EOS). Our text tower does exactly that with no id
+marked as padding (pad_id=-1). Its text head (a Dense with bias) becomes our text projection;
+the image tower has no projection, so ours is the identity (exact in float32) and both
+projections carry a bias (proj_bias=True). Images: uint8 pixels map to [-1, 1] as SigLIP's
+processor does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vlm_jax.convert import torch_layout as tl
+from vlm_jax.convert.torch_layout import Weights
+
+TEXT_DEFAULTS = dict(num_attention_heads=12, hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6)
+VISION_DEFAULTS = dict(num_attention_heads=12, hidden_act="gelu_pytorch_tanh",
+                       layer_norm_eps=1e-6, vision_use_head=True)
+
+
+def _map_head(weights: Weights, prefix: str, num_heads: int) -> dict:
+    """The MAP head: torch nn.MultiheadAttention keeps q, k, v stacked in in_proj_[weight|bias]."""
+    in_weight = np.split(weights.take(f"{prefix}.attention.in_proj_weight"), 3)
+    in_bias = np.split(weights.take(f"{prefix}.attention.in_proj_bias"), 3)
+    query, key, value = ({"weight": w, "bias": b} for w, b in zip(in_weight, in_bias, strict=True))
+    out = tl.linear(weights, f"{prefix}.attention.out_proj")
+    return {
+        "probe": weights.take(f"{prefix}.probe").reshape(1, -1),
+        "attn": tl.attention_from_linears(query, key, value, out, num_heads),
+        "norm": tl.layer_norm(weights, f"{prefix}.layernorm"),
+        "mlp": tl.mlp(weights, f"{prefix}.mlp.fc1", f"{prefix}.mlp.fc2"),
+    }
+
+
+def convert(config: dict, weights: Weights) -> tuple[dict, dict]:
+    """(model config for models.build_model, params) of a SiglipModel checkpoint."""
+    text_config = {**TEXT_DEFAULTS, **config.get("text_config", {})}
+    vision_config = {**VISION_DEFAULTS, **config.get("vision_config", {})}
+    if not vision_config["vision_use_head"]:
+        raise ValueError("SigLIP checkpoints without the attention-pooling head "
+                         "(vision_use_head=false) are not supported")
+    image_heads = vision_config["num_attention_heads"]
+    text_heads = text_config["num_attention_heads"]
+
+    image_tower = {
+        "embedding": tl.patch_embedding(weights, "vision_model.embeddings.patch_embedding"),
+        "pos_embedding": weights.take("vision_model.embeddings.position_embedding.weight")[None],
+        "encoder": tl.pre_norm_encoder(weights, "vision_model.encoder",
+                                       "vision_model.post_layernorm", image_heads),
+        "map": _map_head(weights, "vision_model.head", image_heads),
+    }
+    text_positions = weights.take("text_model.embeddings.position_embedding.weight")
+    text_tower = {
+        "token_embedding": {
+            "embedding": weights.take("text_model.embeddings.token_embedding.weight")},
+        "pos_embedding": text_positions,
+        "encoder": tl.pre_norm_encoder(weights, "text_model.encoder",
+                                       "text_model.final_layer_norm", text_heads),
+    }
+    text_proj = tl.dense(weights, "text_model.head")
+    width = image_tower["pos_embedding"].shape[2]
+    if text_proj["kernel"].shape[1] != width:
+        raise ValueError(f"SigLIP text head outputs {text_proj['kernel'].shape[1]} features but "
+                         f"the image tower's are {width}: not a SigLIP checkpoint we can import")
+    params = {
+        "image_tower": image_tower,
+        "text_tower": text_tower,
+        "image_proj": {"kernel": np.eye(width, dtype=np.float32),
+                       "bias": np.zeros(width, np.float32)},
+        "text_proj": text_proj,
+        "logit_scale": weights.take("logit_scale").reshape(()),
+        "logit_bias": weights.take("logit_bias").reshape(()),
+    }
+    image = dict(
+        variant="", width=width, depth=len(image_tower["encoder"]) - 1, num_heads=image_heads,
+        mlp_dim=image_tower["encoder"]["block0"]["mlp"]["Dense_0"]["kernel"].shape[1],
+        patch_size=image_tower["embedding"]["kernel"].shape[0], pool="map", pre_norm=False,
+        ln_eps=vision_config["layer_norm_eps"],
+        activation=tl.activation(vision_config["hidden_act"]),
+    )
+    text = dict(
+        variant="", width=text_positions.shape[1], depth=len(text_tower["encoder"]) - 1,
+        num_heads=text_heads,
+        mlp_dim=text_tower["encoder"]["block0"]["mlp"]["Dense_0"]["kernel"].shape[1],
+        max_len=text_positions.shape[0], causal=False, pool="eos", pad_id=-1,
+        ln_eps=text_config["layer_norm_eps"], activation=tl.activation(text_config["hidden_act"]),
+    )
+    model = dict(
+        name="two_tower", embed_dim=width,
+        logit_scale_init=float(params["logit_scale"]),
+        logit_bias_init=float(params["logit_bias"]),
+        max_logit_scale=float("inf"), proj_bias=True, image=image, text=text,
+    )
+    return model, params

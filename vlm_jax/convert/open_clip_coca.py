@@ -1,0 +1,183 @@
+"""open_clip's CoCa (a state dict + its model config) -> our `vlm_jax.models.coca.CoCa`.
+
+Supported: the paper's layout, which open_clip builds with vision
+`attentional_pool="parallel"` (both attentional poolers read the ViT's output tokens, the
+class token among them) and a text tower with `embed_cls=True`, run with
+`correct_cls_mask=True` (the appended [CLS] attends to the real tokens and itself). Our model
+computes exactly that. open_clip's *default* CoCa differs in both places (256 queries pooled
+first, one of them taken as the embedding; a [CLS] mask shifted by one position), which is
+what its published weights were trained with; those are refused or, for the mask, would give
+other text embeddings.
+
+Sizes are read from the tensors where open_clip ignores its config (the multimodal decoder's
+MLP is always 4x wide). Texts: open_clip's rows start with BOS; ours do not (the model
+prepends it), so `text_tokens_from_open_clip` drops the BOS column and appends a padding one,
+which makes our teacher-forcing inputs exactly open_clip's text and `caption_logits[:, t]`
+equal to open_clip's `logits[:, t]` for t < context - 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from vlm_jax.convert.torch_layout import Weights, layer_norm
+
+OPEN_CLIP_LN_EPS = 1e-5  # torch's LayerNorm default, which open_clip uses
+
+
+def text_tokens_from_open_clip(text: np.ndarray, pad_id: int = 0) -> np.ndarray:
+    """open_clip text ids [B, C] (BOS first) -> our text_tokens [B, C] (no BOS, one more pad)."""
+    text = np.asarray(text)
+    pad = np.full((text.shape[0], 1), pad_id, text.dtype)
+    return np.concatenate([text[:, 1:], pad], axis=1).astype(np.int32)
+
+
+def coca_kwargs(model_config: Mapping, state_dict: Mapping[str, np.ndarray], *,
+                pad_id: int, bos_id: int, quick_gelu: bool = False) -> dict:
+    """Keyword arguments of `coca.CoCa` for an open_clip CoCa model config and its weights."""
+    vision, text, multimodal = (model_config[k] for k in
+                                ("vision_cfg", "text_cfg", "multimodal_cfg"))
+    if vision.get("attentional_pool") != "parallel":
+        raise ValueError(
+            "only open_clip CoCa with vision_cfg.attentional_pool='parallel' converts: our CoCa "
+            "pools the ViT tokens with two parallel attentional poolers (the paper's layout); "
+            f"this model has attentional_pool={vision.get('attentional_pool')!r}")
+    if not text.get("embed_cls"):
+        raise ValueError("open_clip CoCa text towers append a [CLS] (text_cfg.embed_cls=True)")
+    embed_dim = model_config["embed_dim"]
+    if embed_dim != text["width"] or multimodal["width"] != text["width"]:
+        raise ValueError(f"embed_dim {embed_dim}, text width {text['width']} and multimodal "
+                         f"width {multimodal['width']} must be equal: our poolers output "
+                         "text-width tokens, open_clip's embed_dim-wide ones")
+    activation = "quick_gelu" if quick_gelu else "gelu_exact"  # open_clip: nn.GELU (erf)
+    vision_width = vision["width"]
+
+    def mlp_dim(prefix: str) -> int:
+        return int(state_dict[f"{prefix}.mlp.c_fc.weight"].shape[0])
+
+    return dict(
+        image=dict(width=vision_width, depth=vision["layers"],
+                   num_heads=vision_width // vision.get("head_width", 64),
+                   mlp_dim=mlp_dim("visual.transformer.resblocks.0"),
+                   patch_size=vision["patch_size"], pool="cls",
+                   pre_norm=not vision.get("no_ln_pre", False), ln_eps=OPEN_CLIP_LN_EPS,
+                   activation=activation),
+        text=dict(vocab_size=text["vocab_size"], width=text["width"], depth=text["layers"],
+                  num_heads=text["heads"], mlp_dim=mlp_dim("text.transformer.resblocks.0"),
+                  max_len=text["context_length"]),
+        multimodal=dict(width=multimodal["width"], depth=multimodal["layers"],
+                        num_heads=multimodal["heads"],
+                        mlp_dim=mlp_dim("text_decoder.resblocks.0")),
+        embed_dim=embed_dim,
+        caption_queries=vision.get("attn_pooler_queries", 256),
+        pool_heads=vision.get("attn_pooler_heads", 8),
+        logit_bias_init=(float(state_dict["logit_bias"].reshape(()))
+                         if "logit_bias" in state_dict else None),
+        pad_id=pad_id, bos_id=bos_id, ln_eps=OPEN_CLIP_LN_EPS, activation=activation,
+    )
+
+
+def _attention(weights: Weights, prefix: str, num_heads: int) -> dict:
+    """torch nn.MultiheadAttention (fused in_proj, or separate q/k/v when the key width
+    differs) -> our Attention params {query, key, value, out}."""
+    if f"{prefix}.in_proj_weight" in weights:
+        fused = weights.take(f"{prefix}.in_proj_weight")  # [3D, D]
+        projections = np.split(fused, 3, axis=0)
+    else:
+        projections = [weights.take(f"{prefix}.{name}_proj_weight") for name in "qkv"]
+    biases = np.split(weights.take(f"{prefix}.in_proj_bias"), 3)
+    out_weight = weights.take(f"{prefix}.out_proj.weight")  # [D, D]
+    width = out_weight.shape[0]
+    head_dim = width // num_heads
+    params = {
+        name: {"kernel": matrix.T.reshape(matrix.shape[1], num_heads, head_dim),
+               "bias": bias.reshape(num_heads, head_dim)}
+        for name, matrix, bias in zip(("query", "key", "value"), projections, biases, strict=True)
+    }
+    params["out"] = {"kernel": out_weight.T.reshape(num_heads, head_dim, width),
+                     "bias": weights.take(f"{prefix}.out_proj.bias")}
+    return params
+
+
+def _mlp(weights: Weights, prefix: str) -> dict:
+    return {name: {"kernel": weights.take(f"{prefix}.{torch_name}.weight").T,
+                   "bias": weights.take(f"{prefix}.{torch_name}.bias")}
+            for name, torch_name in (("Dense_0", "c_fc"), ("Dense_1", "c_proj"))}
+
+
+def _block(weights: Weights, prefix: str, num_heads: int) -> dict:
+    """A residual attention block (ln_1, attn, ln_2, mlp) -> our pre-norm block."""
+    return {"norm1": layer_norm(weights, f"{prefix}.ln_1"),
+            "attn": _attention(weights, f"{prefix}.attn", num_heads),
+            "norm2": layer_norm(weights, f"{prefix}.ln_2"), "mlp": _mlp(weights, f"{prefix}.mlp")}
+
+
+def _cross_block(weights: Weights, prefix: str, num_heads: int) -> dict:
+    return {"norm_query": layer_norm(weights, f"{prefix}.ln_1"),
+            "norm_context": layer_norm(weights, f"{prefix}.ln_1_kv"),
+            "attn": _attention(weights, f"{prefix}.attn", num_heads),
+            "norm2": layer_norm(weights, f"{prefix}.ln_2"), "mlp": _mlp(weights, f"{prefix}.mlp")}
+
+
+def _pooler(weights: Weights, prefix: str, num_heads: int) -> dict:
+    return {"queries": weights.take(f"{prefix}.query"),
+            "norm_query": layer_norm(weights, f"{prefix}.ln_q"),
+            "norm_context": layer_norm(weights, f"{prefix}.ln_k"),
+            "attn": _attention(weights, f"{prefix}.attn", num_heads)}
+
+
+def convert_coca_state_dict(state_dict: Mapping[str, np.ndarray], kwargs: dict) -> dict:
+    """Our CoCa params from open_clip's state dict (NumPy arrays); `kwargs` from `coca_kwargs`.
+
+    Every tensor of the state dict must be used: a leftover one means a layout we do not map.
+    """
+    weights = Weights({k: np.asarray(v, np.float32) for k, v in state_dict.items()},
+                      "open_clip CoCa state dict")
+    image, text, multimodal = kwargs["image"], kwargs["text"], kwargs["multimodal"]
+    conv = weights.take("visual.conv1.weight")  # [out, in, kh, kw]
+    image_tower = {
+        "embedding": {"kernel": conv.transpose(2, 3, 1, 0),
+                      "bias": np.zeros(conv.shape[0], np.float32)},  # open_clip: no bias
+        "cls": weights.take("visual.class_embedding").reshape(1, 1, -1),
+        "pos_embedding": weights.take("visual.positional_embedding")[None],
+        "encoder": {f"block{i}": _block(weights, f"visual.transformer.resblocks.{i}",
+                                        image["num_heads"]) for i in range(image["depth"])},
+    }
+    # "parallel" pooling applies ln_post to every token before both poolers: our final norm.
+    image_tower["encoder"]["norm"] = layer_norm(weights, "visual.ln_post")
+    if image["pre_norm"]:
+        image_tower["pre_norm"] = layer_norm(weights, "visual.ln_pre")
+    params = {
+        "image_tower": image_tower,
+        "contrastive_pool": _pooler(weights, "visual.attn_pool_contrastive", kwargs["pool_heads"]),
+        "caption_pool": _pooler(weights, "visual.attn_pool", kwargs["pool_heads"]),
+        "image_proj": {"kernel": weights.take("visual.proj")},  # x @ proj: already [in, out]
+        "unimodal": {
+            "token_embedding": {"embedding": weights.take("text.token_embedding.weight")},
+            "pos_embedding": weights.take("text.positional_embedding"),  # [context + 1, D]
+            "cls_embedding": weights.take("text.cls_emb"),
+            "norm": layer_norm(weights, "text.ln_final"),
+            **{f"blocks_{i}": _block(weights, f"text.transformer.resblocks.{i}",
+                                     text["num_heads"]) for i in range(text["depth"])},
+        },
+        "text_proj": {"kernel": weights.take("text.text_projection")},
+        "multimodal_decoder": {
+            "norm": layer_norm(weights, "text_decoder.ln_final"),
+            "lm_head": {"kernel": weights.take("text_decoder.text_projection")},
+            **{f"self_blocks_{i}": _block(weights, f"text_decoder.resblocks.{i}",
+                                          multimodal["num_heads"])
+               for i in range(multimodal["depth"])},
+            **{f"cross_blocks_{i}": _cross_block(weights, f"text_decoder.cross_attn.{i}",
+                                                 multimodal["num_heads"])
+               for i in range(multimodal["depth"])},
+        },
+        "logit_scale": weights.take("logit_scale").reshape(()),
+    }
+    if "logit_bias" in weights:
+        params["logit_bias"] = weights.take("logit_bias").reshape(())
+    if weights.unused():
+        raise ValueError(f"open_clip CoCa tensors left unmapped: {weights.unused()[:8]}; is "
+                         "this another layout than the paper's (see the module docstring)?")
+    return params

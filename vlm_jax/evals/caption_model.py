@@ -1,0 +1,121 @@
+"""The CaptionModel every generative eval consumes, and how to call it in fixed-size chunks.
+
+A CaptionModel is a generative image-to-text model seen from outside, at the level of texts:
+  generate(images uint8 [N, S, S, 3]) -> N captions;
+  log_likelihood(images [N, S, S, 3], texts N) -> float [N]: log p(texts[i] | images[i]), one
+      score per row (pairwise, not every image against every text).
+Any family that can caption or score a caption plugs in by building one; `from_captioner`
+wraps the token-level `vlm_jax.decoding.Captioner` that trainers' `make_captioner` return.
+
+As with the Scorer helpers, every call sees exactly `batch_size` rows (the last chunk padded
+by repeating its last row, the padding cut from the result), so a jitted model compiles once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from vlm_jax.evals.scoring import pad_rows
+
+
+@dataclass(frozen=True)
+class CaptionModel:
+    """A generative model as the evals see it; see the module docstring."""
+
+    generate: Callable[[np.ndarray], list[str]]
+    log_likelihood: Callable[[np.ndarray, Sequence[str]], np.ndarray]
+
+
+def from_captioner(captioner, settings=None) -> CaptionModel:
+    """A CaptionModel from a `vlm_jax.decoding.Captioner` (tokens in and out): captions decoded
+    with `settings` (None: the captioner's default), texts tokenized by the captioner."""
+    return CaptionModel(
+        generate=lambda images: captioner.caption(images, settings),
+        log_likelihood=lambda images, texts: captioner.log_likelihood(
+            images, captioner.tokenize(list(texts))),
+    )
+
+
+def _check_images(images: np.ndarray) -> np.ndarray:
+    images = np.asarray(images)
+    if images.ndim != 4 or images.dtype != np.uint8:
+        raise ValueError(f"images must be uint8 [N, S, S, 3], got {images.dtype} {images.shape}.")
+    if images.shape[0] == 0:
+        raise ValueError("a generative eval needs at least one image.")
+    return images
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}; set eval_config.batch_size.")
+
+
+def generate_captions(model: CaptionModel, images: np.ndarray, batch_size: int) -> list[str]:
+    """model.generate over `images`, `batch_size` at a time: one caption per image."""
+    images = _check_images(images)
+    _check_batch_size(batch_size)
+    captions = []
+    for start in range(0, images.shape[0], batch_size):
+        chunk = images[start : start + batch_size]
+        generated = list(model.generate(pad_rows(chunk, batch_size)))
+        if len(generated) != batch_size:
+            raise ValueError(
+                f"generate returned {len(generated)} captions for {batch_size} images; it must "
+                "return one caption per image."
+            )
+        captions.extend(generated[: chunk.shape[0]])
+    return captions
+
+
+def log_likelihoods(
+    model: CaptionModel, images: np.ndarray, texts: Sequence[str], batch_size: int
+) -> np.ndarray:
+    """log p(texts[i] | images[i]) float64 [N], `batch_size` rows at a time."""
+    images = _check_images(images)
+    texts = list(texts)
+    _check_batch_size(batch_size)
+    if len(texts) != images.shape[0]:
+        raise ValueError(
+            f"log_likelihoods scores text i against image i; got {images.shape[0]} images and "
+            f"{len(texts)} texts."
+        )
+    scores = []
+    for start in range(0, len(texts), batch_size):
+        chunk_images = images[start : start + batch_size]
+        chunk_texts = texts[start : start + batch_size]
+        num_real = len(chunk_texts)
+        chunk_texts += [chunk_texts[-1]] * (batch_size - num_real)
+        chunk_scores = np.asarray(
+            model.log_likelihood(pad_rows(chunk_images, batch_size), chunk_texts),
+            dtype=np.float64,
+        )
+        if chunk_scores.shape != (batch_size,):
+            raise ValueError(
+                f"log_likelihood returned shape {chunk_scores.shape} for {batch_size} "
+                "image-text pairs; it must return one score per pair."
+            )
+        scores.append(chunk_scores[:num_real])
+    return np.concatenate(scores)
+
+
+def candidate_log_likelihoods(
+    model: CaptionModel,
+    images: np.ndarray,
+    candidates: Sequence[Sequence[str]],
+    batch_size: int,
+) -> np.ndarray:
+    """Scores [N, K] of K candidate texts per image: candidates[i][k] against images[i]."""
+    images = _check_images(images)
+    num_candidates = {len(texts) for texts in candidates}
+    if len(candidates) != images.shape[0] or len(num_candidates) != 1:
+        raise ValueError(
+            f"need the same number of candidates for each of the {images.shape[0]} images; got "
+            f"{len(candidates)} lists of sizes {sorted(num_candidates)}."
+        )
+    (k,) = num_candidates
+    flat_texts = [text for texts in candidates for text in texts]
+    flat_images = np.repeat(images, k, axis=0)
+    return log_likelihoods(model, flat_images, flat_texts, batch_size).reshape(-1, k)
