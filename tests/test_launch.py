@@ -248,11 +248,35 @@ def test_tpu_pod_runs_the_command_on_every_worker_and_stop_sends_sigterm(tmp_pat
     assert "--worker=all" in calls[3] and "kill -TERM" in calls[3]  # stop: every host
 
 
-def test_tpu_pod_refuses_a_bucket_workdir():
+def test_tpu_pod_mounts_a_bucket_workdir_on_every_host(tmp_path):
+    """gs://BUCKET/PATH becomes /mnt/gcs/BUCKET/PATH on the hosts, mounted there if needed."""
+    home, bin_dir = tmp_path / "home", tmp_path / "bin"
+    (home / "vlm_jax" / ".venv" / "bin").mkdir(parents=True)
+    bin_dir.mkdir()
+    _fake_command(bin_dir, "gcloud", 'for arg in "$@"; do\n'
+                  '  case $arg in --command=*) cmd=${arg#--command=};; esac\n'
+                  'done\n'
+                  'printf "%s\\n" "$cmd" >>"$FAKE_HOME/commands.log"\n'
+                  'cd "$FAKE_HOME" && exec bash -c "$cmd"\n')
+    _fake_command(bin_dir, "mountpoint", 'echo "$*" >>"$FAKE_HOME/mountpoint.log"\n')
+    _fake_command(home / "vlm_jax" / ".venv" / "bin", "python", 'printf "%s\\n" "$@" >args.txt\n')
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", FAKE_HOME=str(home),
+               TPU_NAME="pod", ZONE="z")
+    result = subprocess.run([TPU_POD_SH, "train", CONFIG, "--workdir=gs://my-bucket/runs/a"],
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    args = (home / "vlm_jax" / "args.txt").read_text().splitlines()
+    assert args == ["-m", "vlm_jax.main", CONFIG, "--workdir=/mnt/gcs/my-bucket/runs/a"]
+    assert (home / "mountpoint.log").read_text().split() == ["-q", "/mnt/gcs/my-bucket"]
+    first = (home / "commands.log").read_text()
+    assert "gcsfuse --implicit-dirs my-bucket /mnt/gcs/my-bucket" in first
+
+
+def test_tpu_pod_wants_a_folder_inside_the_bucket():
     env = dict(os.environ, TPU_NAME="pod", ZONE="z", PATH="/usr/bin:/bin")
-    result = subprocess.run([TPU_POD_SH, "train", CONFIG, "--workdir=gs://bucket/run"], env=env,
+    result = subprocess.run([TPU_POD_SH, "train", CONFIG, "--workdir=gs://bucket"], env=env,
                             capture_output=True, text=True, timeout=30)
-    assert result.returncode == 2 and "gcsfuse" in result.stderr
+    assert result.returncode == 2 and "name a folder inside the bucket" in result.stderr
 
 
 @pytest.mark.parametrize("finished", [False, True])
