@@ -19,7 +19,8 @@ def get_config(arg=None):
                     image_size=0, text_length=0)
     c = common.base_config()
     c.trainer = "coca"
-    c.loss = dict(contrastive="softmax", contrastive_weight=1.0, caption_weight=2.0)
+    c.loss = dict(contrastive="softmax", contrastive_weight=1.0, caption_weight=2.0,
+                  variant="gspmd", bidirectional=False)  # variant: gspmd|gather|ring
     c.model = dict(
         name="coca", embed_dim=512, caption_queries=256, pool_heads=8,
         logit_scale_init=math.log(1 / 0.07), max_logit_scale=100.0,

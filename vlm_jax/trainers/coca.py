@@ -16,32 +16,24 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from vlm_jax import decoding, parallel
-from vlm_jax.losses import contrastive, generative
+from vlm_jax.losses import generative
 from vlm_jax.models import coca
-from vlm_jax.trainers.contrastive import make_scorer  # noqa: F401  (same towers' interface)
-
-CONTRASTIVE_LOSSES = ("softmax", "sigmoid")
+from vlm_jax.trainers.contrastive import (  # noqa: F401  (make_scorer: same towers' interface)
+    contrastive_term,
+    make_scorer,
+)
 
 
 def make_loss_fn(model: coca.CoCa, config: ml_collections.ConfigDict, mesh=None):
     """loss_fn(params, batch, rng) -> (loss, metrics): the weighted sum of both terms."""
-    del mesh  # the losses run on global arrays; XLA inserts the collectives
-    kind = config.loss.contrastive
-    if kind not in CONTRASTIVE_LOSSES:
-        raise ValueError(
-            f"loss.contrastive {kind!r} must be one of {', '.join(CONTRASTIVE_LOSSES)}")
+    contrastive_loss_term = contrastive_term(config.loss.contrastive, config.loss, mesh)
     contrastive_weight, caption_weight = config.loss.contrastive_weight, config.loss.caption_weight
 
     def loss_fn(params, batch, rng):
         del rng  # no dropout
         text_tokens = batch["text_tokens"]
         image_emb, text_emb, extras = model.apply({"params": params}, batch["image"], text_tokens)
-        if kind == "softmax":
-            contrastive_loss, metrics = contrastive.softmax_contrastive_loss(
-                image_emb, text_emb, extras["logit_scale"])
-        else:
-            contrastive_loss, metrics = contrastive.sigmoid_contrastive_loss(
-                image_emb, text_emb, extras["logit_scale"], extras["logit_bias"])
+        contrastive_loss, metrics = contrastive_loss_term(image_emb, text_emb, extras)
         caption_loss, caption_metrics = generative.caption_loss(
             extras["caption_logits"], text_tokens, text_tokens != model.pad_id)
         loss = contrastive_weight * contrastive_loss + caption_weight * caption_loss

@@ -11,36 +11,45 @@ from vlm_jax.losses import sharded
 LOSSES = ("softmax", "sigmoid")
 
 
-def make_loss_fn(model, config: ml_collections.ConfigDict, mesh=None):
-    """loss_fn(params, batch, rng) -> (loss, metrics) for `config.loss.name`.
+def contrastive_term(name: str, loss_config: ml_collections.ConfigDict, mesh=None):
+    """term(image_emb, text_emb, extras) -> (loss, metrics): the `name` loss spread per config.
 
-    `config.loss.variant` picks how the loss is spread over devices (vlm_jax/losses/sharded.py):
-    "gspmd" (default) needs no mesh; "gather" and "ring" run on `mesh`'s batch axes.
+    `loss_config.variant` picks how the loss is spread over devices (vlm_jax/losses/sharded.py):
+    "gspmd" (default) needs no mesh; "gather" and "ring" run on `mesh`'s batch axes. Shared by
+    every trainer with a contrastive term (CLIP, SigLIP, LiT, CoCa), so all shard the same way.
     """
-    name = config.loss.name
     if name not in LOSSES:
-        raise ValueError(f"loss.name {name!r} must be one of {', '.join(LOSSES)}")
-    variant = config.loss.get("variant", "gspmd")
-    bidirectional = bool(config.loss.get("bidirectional", False))
+        raise ValueError(f"contrastive loss {name!r} must be one of {', '.join(LOSSES)}")
+    variant = loss_config.get("variant", "gspmd")
+    bidirectional = bool(loss_config.get("bidirectional", False))
     if variant not in sharded.VARIANTS:
         raise ValueError(f"loss.variant {variant!r} must be one of {', '.join(sharded.VARIANTS)}")
     if variant != "gspmd" and mesh is None:
         raise ValueError(f"loss.variant {variant!r} runs on the device mesh, but make_loss_fn "
                          "got mesh=None: pass the run's mesh, or use loss.variant=gspmd")
 
+    def term(image_emb, text_emb, extras):
+        if name == "softmax":
+            return sharded.sharded_softmax_contrastive_loss(
+                image_emb, text_emb, extras["logit_scale"], mesh, variant,
+                bidirectional=bidirectional)
+        return sharded.sharded_sigmoid_contrastive_loss(
+            image_emb, text_emb, extras["logit_scale"], extras["logit_bias"], mesh, variant,
+            bidirectional=bidirectional)
+
+    return term
+
+
+def make_loss_fn(model, config: ml_collections.ConfigDict, mesh=None):
+    """loss_fn(params, batch, rng) -> (loss, metrics) for `config.loss.name`."""
+    term = contrastive_term(config.loss.name, config.loss, mesh)
+
     def loss_fn(params, batch, rng):
         del rng  # no dropout or masking in these models
         image_emb, text_emb, extras = model.apply(
             {"params": params}, batch["image"], batch["text_tokens"]
         )
-        if name == "softmax":
-            loss, metrics = sharded.sharded_softmax_contrastive_loss(
-                image_emb, text_emb, extras["logit_scale"], mesh, variant,
-                bidirectional=bidirectional)
-        else:
-            loss, metrics = sharded.sharded_sigmoid_contrastive_loss(
-                image_emb, text_emb, extras["logit_scale"], extras["logit_bias"], mesh, variant,
-                bidirectional=bidirectional)
+        loss, metrics = term(image_emb, text_emb, extras)
         metrics["logit_scale"] = extras["logit_scale"]
         return loss, metrics
 
