@@ -16,7 +16,7 @@ def get_config(arg=None):
     c = common.base_config()
     c.loss = dict(name="softmax", variant="gspmd", bidirectional=False)  # gspmd|gather|ring
     c.model = dict(
-        name="two_tower", embed_dim=512,
+        name="two_tower", execution=common.execution(), embed_dim=512,
         logit_scale_init=math.log(1 / 0.07), logit_bias_init=None, max_logit_scale=100.0,
         image=common.tower(arg.variant, patch_size=0, pool="cls"),
         # CLIP's B text tower: width 512, 12 layers, 8 heads.

@@ -20,6 +20,7 @@ SHARDING_RULES = (
     ("head_dim", None),
     ("vocab", "tensor"),
     ("proj", "tensor"),
+    ("layers", None),  # the stacked depth axis of scanned blocks (model.execution.scan_layers)
 )
 
 
@@ -73,6 +74,15 @@ def base_config() -> ml_collections.ConfigDict:
     # so they can be set from the command line; see vlm_jax/evals/__init__.py.
     c.evals.update(evals.GENERATIVE_DEFAULTS)
     return c
+
+
+def execution(**fields) -> ml_collections.ConfigDict:
+    """How the encoders compute (vlm_jax.models.layers.Execution); outputs never change.
+
+    attention auto|xla|cudnn, pad_multiple (8 for cuDNN), remat none|full|dots, scan_layers.
+    """
+    defaults = dict(attention="auto", pad_multiple=1, remat="none", scan_layers=False)
+    return ml_collections.ConfigDict({**defaults, **fields})
 
 
 def tower(variant: str = "", **fields) -> ml_collections.ConfigDict:

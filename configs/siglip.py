@@ -17,7 +17,7 @@ def get_config(arg=None):
     c = common.base_config()
     c.loss = dict(name="sigmoid", variant="gspmd", bidirectional=False)  # gspmd|gather|ring
     c.model = dict(
-        name="two_tower", embed_dim=768,
+        name="two_tower", execution=common.execution(), embed_dim=768,
         logit_scale_init=math.log(10.0), logit_bias_init=-10.0, max_logit_scale=float("inf"),
         image=common.tower(arg.variant, patch_size=0, pool="map"),
         text=common.tower(arg.text_variant, max_len=64, causal=False, pool="eos"),

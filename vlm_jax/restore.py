@@ -45,6 +45,7 @@ class RestoredRun:
 
 def restore_run(workdir: str) -> RestoredRun:
     """The run in `workdir` at its latest checkpoint (FileNotFoundError if it has none)."""
+    workdir = os.path.abspath(workdir)  # orbax reads no metadata through a relative path
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{workdir} holds no run (no config.json); train one with "

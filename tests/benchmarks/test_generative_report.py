@@ -52,8 +52,9 @@ def test_micro_report_end_to_end(tmp_path):
     env = dict(os.environ, JAX_NUM_CPU_DEVICES="1")
     env["XLA_FLAGS"] = env.get("XLA_FLAGS", "").replace(
         "--xla_force_host_platform_device_count=8", "")
+    root = os.path.relpath(tmp_path / "runs", ROOT)  # relative, as a user would type it
     command = [sys.executable, "benchmarks/generative_report.py", "--micro", "--steps=2",
-               f"--root={tmp_path / 'runs'}", f"--out={out}", "--samples=2"]
+               f"--root={root}", f"--out={out}", "--samples=2"]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
                             timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]

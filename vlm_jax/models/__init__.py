@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from vlm_jax.models.coca import CoCa
+from vlm_jax.models.layers import Execution
 from vlm_jax.models.llip import Llip
 from vlm_jax.models.two_tower import TwoTower
 from vlm_jax.models.vit import decode_variant
@@ -35,8 +36,11 @@ def build_model(model_config: ml_collections.ConfigDict, vocab_size: int, dtype=
     if name == "two_tower":
         text = tower_kwargs(model_config.text)
         text.pop("patch_size", None)
+        execution = Execution(**model_config.get("execution", {}))
+        if text.get("type", "transformer") == "transformer":
+            text["execution"] = execution
         return TwoTower(
-            image=tower_kwargs(model_config.image),
+            image=dict(tower_kwargs(model_config.image), execution=execution),
             text=dict(text, vocab_size=vocab_size),
             embed_dim=model_config.embed_dim,
             logit_scale_init=model_config.logit_scale_init,

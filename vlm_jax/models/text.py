@@ -29,6 +29,7 @@ class TextTransformer(nn.Module):
     # Imported checkpoints: LayerNorm epsilon and MLP activation (see layers.ACTIVATIONS).
     ln_eps: float = 1e-6
     activation: str = "gelu"
+    execution: layers.Execution = layers.Execution()  # how, never what: see layers
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -55,7 +56,8 @@ class TextTransformer(nn.Module):
         # fused causal kernel stays available). Bidirectional: mask padded keys.
         mask = None if self.causal else text_mask[:, None, None, :]
         x = layers.Encoder(self.depth, self.num_heads, self.mlp_dim, self.dtype, self.ln_eps,
-                           self.activation, name="encoder")(x, mask=mask, is_causal=self.causal)
+                           self.activation, self.execution, name="encoder")(
+            x, mask=mask, is_causal=self.causal)
         if self.pool in ("eos", "last"):
             last = jnp.maximum(text_mask.sum(axis=1) - 1, 0)
             pooled = jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0]

@@ -61,6 +61,7 @@ class ViT(nn.Module):
     pre_norm: bool = False
     ln_eps: float = 1e-6
     activation: str = "gelu"
+    execution: layers.Execution = layers.Execution()  # how, never what: see layers
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -101,7 +102,7 @@ class ViT(nn.Module):
         if self.pre_norm:
             x = layers.LayerNorm(self.dtype, self.ln_eps, name="pre_norm")(x)
         x = layers.Encoder(self.depth, self.num_heads, self.mlp_dim, self.dtype, self.ln_eps,
-                           self.activation, name="encoder")(x)
+                           self.activation, self.execution, name="encoder")(x)
         extra_out, x = x[:, :num_extra], x[:, num_extra:]
         if self.pool == "cls":
             pooled, x = x[:, 0], x[:, 1:]
