@@ -68,7 +68,7 @@ def load_into(state, source: str, regex: str = ".*", verbose: bool = True):
 
 def _open(source: str):
     """({path: shape}, read) for `source`; read({path: target array}) -> {path: sharded array}."""
-    path = Path(source)
+    path = Path(source).absolute()  # orbax reads no metadata through a relative path
     if (path / hf.PARAMS_DIR).is_dir():
         return _orbax_source(path / hf.PARAMS_DIR, prefix=())
     if (path / "checkpoints").is_dir():

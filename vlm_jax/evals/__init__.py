@@ -83,7 +83,11 @@ def _check_eval_config(eval_config) -> None:
         raise ValueError(
             f"eval_config lacks {missing}; start from vlm_jax.evals.default_eval_config()."
         )
-    for name in _SIZE_FIELDS:
+    _check_positive(eval_config, _SIZE_FIELDS)
+
+
+def _check_positive(eval_config, names: Sequence[str]) -> None:
+    for name in names:
         value = getattr(eval_config, name)
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
             raise ValueError(f"eval_config.{name} must be a positive integer, got {value!r}.")
@@ -105,10 +109,7 @@ def _with_generative_defaults(eval_config) -> ml_collections.ConfigDict:
     for name, value in GENERATIVE_DEFAULTS.items():
         if name not in completed:
             completed[name] = value
-    for name in _GENERATIVE_SIZE_FIELDS:
-        value = completed[name]
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-            raise ValueError(f"eval_config.{name} must be a positive integer, got {value!r}.")
+    _check_positive(completed, _GENERATIVE_SIZE_FIELDS)
     return completed
 
 
