@@ -17,8 +17,8 @@ import numpy as np
 import tokenizers
 
 from vlm_jax.convert import hf_files
+from vlm_jax.data.tokenizer import PAD_ID, check_texts, id_rows, pack_ids
 
-PAD_ID = 0
 _PAD_TOKENS = ("[PAD]", "<pad>")
 
 
@@ -61,32 +61,13 @@ class JsonTokenizer:
     def encode(self, texts: Sequence[str], max_len: int) -> np.ndarray:
         """int32 [N, max_len]: the tokenizer's ids (with its special tokens), right-padded with
         0; a text that does not fit is truncated and still ends with the end token."""
-        if isinstance(texts, str):
-            raise TypeError("encode takes a sequence of texts; wrap a single text as [text]")
-        if max_len < 1:
-            raise ValueError(f"max_len must be >= 1 (room for the end token); got {max_len}")
-        encodings = self._tokenizer.encode_batch([str(t) for t in texts])
-        tokens = np.full((len(encodings), max_len), self.pad_id, np.int32)  # [N, max_len]
-        for row, encoding in zip(tokens, encodings, strict=True):
-            ids = encoding.ids
-            if len(ids) > max_len:
-                ids = ids[: max_len - 1] + [self.eos_id]
-            row[: len(ids)] = ids
-        return tokens
+        encodings = self._tokenizer.encode_batch([str(t) for t in check_texts(texts, max_len)])
+        return pack_ids([e.ids for e in encodings], max_len, self.eos_id, self.pad_id)
 
     def decode(self, ids: np.ndarray) -> list[str]:
         """One text per row of int [N, L] (or [L]): stops at the end token, drops padding."""
-        ids = np.asarray(ids)
-        if ids.ndim == 1:
-            ids = ids[None]
-        if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
-            raise ValueError(f"decode takes integer ids of shape [N, L]; got {ids.dtype} "
-                             f"{ids.shape}")
-        if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
-            raise ValueError(f"ids must lie in [0, {self.vocab_size}); got range "
-                             f"[{ids.min()}, {ids.max()}]: was another vocabulary used?")
         texts = []
-        for row in ids.tolist():
+        for row in id_rows(ids, self.vocab_size):
             if self.eos_id in row[1:]:
                 row = row[: row.index(self.eos_id, 1)]
             row = [t for t in row if t not in (self.pad_id, self.bos_id)]

@@ -64,34 +64,51 @@ class Tokenizer:
     def encode(self, texts: Sequence[str], max_len: int) -> np.ndarray:
         """int32 [N, max_len]: tokens then EOS, right-padded with pad_id; a text that does not
         fit is truncated and still ends with EOS."""
-        if isinstance(texts, str):
-            raise TypeError("encode takes a sequence of texts; wrap a single text as [text]")
-        if max_len < 1:
-            raise ValueError(f"max_len must be >= 1 (room for EOS); got {max_len}")
-        pieces = self._sp.encode([str(t) for t in texts])
-        tokens = np.full((len(pieces), max_len), self.pad_id, np.int32)  # [N, max_len]
-        for row, ids in zip(tokens, pieces, strict=True):
-            ids = ids[: max_len - 1] + [self.eos_id]
-            row[: len(ids)] = ids
-        return tokens
+        pieces = self._sp.encode([str(t) for t in check_texts(texts, max_len)])
+        return pack_ids([ids + [self.eos_id] for ids in pieces], max_len, self.eos_id,
+                        self.pad_id)
 
     def decode(self, ids: np.ndarray) -> list[str]:
         """One text per row of int [N, L] (or [L]): stops at EOS, drops padding and BOS."""
-        ids = np.asarray(ids)
-        if ids.ndim == 1:
-            ids = ids[None]
-        if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
-            raise ValueError(f"decode takes integer ids of shape [N, L]; got {ids.dtype} "
-                             f"{ids.shape}")
-        if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
-            raise ValueError(f"ids must lie in [0, {self.vocab_size}); got range "
-                             f"[{ids.min()}, {ids.max()}]: was another vocabulary used?")
         texts = []
-        for row in ids.tolist():
+        for row in id_rows(ids, self.vocab_size):
             if self.eos_id in row:
                 row = row[: row.index(self.eos_id)]
             texts.append(self._sp.decode([t for t in row if t not in (self.pad_id, self.bos_id)]))
         return texts
+
+
+def check_texts(texts: Sequence[str], max_len: int) -> Sequence[str]:
+    """`texts` if they can be encoded to `max_len` ids; TypeError/ValueError naming the fix."""
+    if isinstance(texts, str):
+        raise TypeError("encode takes a sequence of texts; wrap a single text as [text]")
+    if max_len < 1:
+        raise ValueError(f"max_len must be >= 1 (room for the end token); got {max_len}")
+    return texts
+
+
+def pack_ids(id_lists: Sequence[list[int]], max_len: int, eos_id: int, pad_id: int) -> np.ndarray:
+    """int32 [N, max_len] of id lists that end with `eos_id`, right-padded with `pad_id`; a
+    list that does not fit is truncated and still ends with `eos_id`."""
+    tokens = np.full((len(id_lists), max_len), pad_id, np.int32)  # [N, max_len]
+    for row, ids in zip(tokens, id_lists, strict=True):
+        if len(ids) > max_len:
+            ids = ids[: max_len - 1] + [eos_id]
+        row[: len(ids)] = ids
+    return tokens
+
+
+def id_rows(ids: np.ndarray, vocab_size: int) -> list[list[int]]:
+    """Rows of int ids [N, L] (or one row [L]) as lists, checked to lie in the vocabulary."""
+    ids = np.asarray(ids)
+    if ids.ndim == 1:
+        ids = ids[None]
+    if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"decode takes integer ids of shape [N, L]; got {ids.dtype} {ids.shape}")
+    if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+        raise ValueError(f"ids must lie in [0, {vocab_size}); got range "
+                         f"[{ids.min()}, {ids.max()}]: was another vocabulary used?")
+    return ids.tolist()
 
 
 def load_tokenizer(path: str) -> Tokenizer:
