@@ -31,6 +31,9 @@ def get_config(arg=None):
         text=common.tower(arg.text_variant, max_len=64),  # the unimodal half
         multimodal=common.tower(arg.text_variant),  # same width as the text
     )
+    # Contrastive evals of the two towers, then the generative ones (captions, likelihoods).
+    c.evals.names = ("zeroshot", "retrieval", "compositional", "captioning", "vqa", "pope",
+                     "genzeroshot")
     # Decoding for captions (vlm_jax.decoding.DecodeSettings); max_len 0: data.text_length.
     c.decode = dict(strategy="greedy", max_len=0, temperature=1.0, top_k=0, top_p=1.0,
                     beam_size=4, length_penalty=1.0)
