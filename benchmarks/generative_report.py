@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import time
 
@@ -27,53 +26,14 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from vlm_jax import configlib, evals, loop, restore  # noqa: E402
+from benchmarks import reports  # noqa: E402
+from benchmarks.reports import cell, table  # noqa: E402
+from vlm_jax import evals, restore  # noqa: E402
 from vlm_jax.data import world  # noqa: E402
 
 CONTRASTIVE_EVALS = ("zeroshot", "retrieval", "compositional")
 GENERATIVE_EVALS = ("captioning", "vqa", "pope", "genzeroshot", "gencompositional")
 RUNS = {"siglip_tiny": "configs/siglip.py:tiny", "coca_tiny": "configs/coca.py:tiny"}
-MICRO_EVALS = dict(batch_size=32, zeroshot_size=48, retrieval_size=32, probe_size=8,
-                   captioning_size=8, vqa_size=16, pope_size=8, pope_stats_size=200,
-                   genzeroshot_size=24)
-
-
-def run_config(spec: str, steps: int, batch: int, micro: bool):
-    """The config of one run: the tiny config with the report's step/batch overrides."""
-    args = [arg for arg in (f"steps={steps}" if steps else "", f"batch={batch}" if batch else "")
-            if arg]
-    config = configlib.load_config(spec + "".join("," + arg for arg in args))
-    config.evals.names = ()  # the report evaluates the restored checkpoint itself
-    if micro:
-        config.log_every = 1
-        config.evals.update(MICRO_EVALS)
-    return config
-
-
-def train_or_reuse(config, workdir: str, retrain: bool) -> str:
-    """Train the run in `workdir` unless it is complete there; returns what was done."""
-    if retrain and os.path.exists(workdir):
-        shutil.rmtree(workdir)
-    if os.path.exists(os.path.join(workdir, "results.json")):
-        with open(os.path.join(workdir, "config.json")) as f:
-            recorded = json.load(f)["config"]
-        trained = (recorded["total_steps"], recorded["batch_size"])
-        if trained != (config.total_steps, config.batch_size):
-            raise SystemExit(f"{workdir} holds a run of {trained[0]} steps at batch {trained[1]}, "
-                             f"not {config.total_steps} at {config.batch_size}; pass --retrain "
-                             "or another --root")
-        return "reused the finished run"
-    started = time.perf_counter()
-    loop.train(config, workdir)
-    return f"trained in {time.perf_counter() - started:.0f} s"
-
-
-def evaluate(run: restore.RestoredRun, names: tuple[str, ...], eval_config) -> dict[str, float]:
-    """The evals `names` on a restored run."""
-    caption_model = run.caption_model() if evals.needs_caption_model(names) else None
-    return evals.run_evals(names, run.scorer(), eval_config, caption_model)
-
-
 def sample_captions(run: restore.RestoredRun, count: int, eval_config) -> list[tuple[str, str]]:
     """(dataset caption, generated caption) of the first `count` val images."""
     val = world.World("val", seed=eval_config.seed, image_size=eval_config.image_size)
@@ -83,26 +43,16 @@ def sample_captions(run: restore.RestoredRun, count: int, eval_config) -> list[t
             for example, caption in zip(examples, generated, strict=True)]
 
 
-def _cell(results: dict, key: str) -> str:
-    return f"{results[key]:.3f}" if key in results else "—"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def markdown(siglip: dict, coca: dict, samples: list[tuple[str, str]], setup: dict) -> str:
     """docs/generative.md from the two runs' results (missing metrics show as —)."""
     kinds = world.PROBE_KINDS
-    zeroshot = _table(["model", "scoring", "top-1", "chance"], [
-        ["SigLIP tiny", "embedding cosine", _cell(siglip, "zeroshot/single_object/top1"),
-         _cell(siglip, "zeroshot/single_object/chance")],
-        ["CoCa tiny", "embedding cosine", _cell(coca, "zeroshot/single_object/top1"),
-         _cell(coca, "zeroshot/single_object/chance")],
-        ["CoCa tiny", "caption likelihood", _cell(coca, "genzeroshot/single_object/top1"),
-         _cell(coca, "genzeroshot/single_object/chance")],
+    zeroshot = table(["model", "scoring", "top-1", "chance"], [
+        ["SigLIP tiny", "embedding cosine", cell(siglip, "zeroshot/single_object/top1"),
+         cell(siglip, "zeroshot/single_object/chance")],
+        ["CoCa tiny", "embedding cosine", cell(coca, "zeroshot/single_object/top1"),
+         cell(coca, "zeroshot/single_object/chance")],
+        ["CoCa tiny", "caption likelihood", cell(coca, "genzeroshot/single_object/top1"),
+         cell(coca, "genzeroshot/single_object/chance")],
     ])
     probe_rows = []
     for label, results, prefix in (("SigLIP tiny", siglip, "compositional"),
@@ -110,28 +60,28 @@ def markdown(siglip: dict, coca: dict, samples: list[tuple[str, str]], setup: di
                                    ("CoCa tiny (likelihood)", coca, "gencompositional")):
         for kind in kinds:
             probe_rows.append([label, kind] + [
-                _cell(results, f"{prefix}/{kind}/{metric}")
+                cell(results, f"{prefix}/{kind}/{metric}")
                 for metric in ("acc2", "text", "image", "group")]
-                + [_cell(results, f"compositional/{kind}/blind_acc2")
+                + [cell(results, f"compositional/{kind}/blind_acc2")
                    if prefix == "compositional" else "—"])
-    probes = _table(["model", "probe", "acc2", "text", "image", "group", "blind acc2"],
+    probes = table(["model", "probe", "acc2", "text", "image", "group", "blind acc2"],
                     probe_rows)
-    captioning = _table(["metric", "CoCa tiny"], [
-        ["CIDEr-D", _cell(coca, "captioning/val/cider")],
-        ["BLEU-4", _cell(coca, "captioning/val/bleu4")],
-        ["CLIPScore (SigLIP judge)", _cell(coca, "captioning/val/clipscore")],
-        ["CLIPScore of the dataset captions", _cell(coca, "captioning/val/clipscore_refs")],
+    captioning = table(["metric", "CoCa tiny"], [
+        ["CIDEr-D", cell(coca, "captioning/val/cider")],
+        ["BLEU-4", cell(coca, "captioning/val/bleu4")],
+        ["CLIPScore (SigLIP judge)", cell(coca, "captioning/val/clipscore")],
+        ["CLIPScore of the dataset captions", cell(coca, "captioning/val/clipscore_refs")],
     ])
     chance = {kind: 1 / len(evals.vqa.answer_candidates(kind, setup["image_size"]))
               for kind in world.QA_KINDS}
-    vqa = _table(["question type", "CoCa tiny", "chance"], [
-        [kind, _cell(coca, f"vqa/val/{kind}"), f"{chance[kind]:.3f}"] for kind in world.QA_KINDS
-    ] + [["overall", _cell(coca, "vqa/val/overall"), _cell(coca, "vqa/val/chance")]])
+    vqa = table(["question type", "CoCa tiny", "chance"], [
+        [kind, cell(coca, f"vqa/val/{kind}"), f"{chance[kind]:.3f}"] for kind in world.QA_KINDS
+    ] + [["overall", cell(coca, "vqa/val/overall"), cell(coca, "vqa/val/chance")]])
     pope_metrics = ("accuracy", "precision", "recall", "f1", "yes_ratio", "auc")
-    pope = _table(["negatives"] + list(pope_metrics), [
-        [sampling] + [_cell(coca, f"pope/{sampling}/{metric}") for metric in pope_metrics]
+    pope = table(["negatives"] + list(pope_metrics), [
+        [sampling] + [cell(coca, f"pope/{sampling}/{metric}") for metric in pope_metrics]
         for sampling in evals.pope.SAMPLINGS])
-    sample_table = _table(["dataset caption", "CoCa tiny (greedy)"],
+    sample_table = table(["dataset caption", "CoCa tiny (greedy)"],
                           [[reference, generated or "(empty)"] for reference, generated in samples])
     return TEMPLATE.format(
         command=setup["command"], runs=setup["runs"], captioning=captioning, vqa=vqa, pope=pope,
@@ -207,27 +157,29 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     root = args.root or ("runs/generative_micro" if args.micro else "runs/generative")
     batch = args.batch or (16 if args.micro else 0)
-    configs = {name: run_config(spec, args.steps, batch, args.micro)
+    configs = {name: reports.run_config(spec, args.steps, batch, args.micro)
                for name, spec in RUNS.items()}
     workdirs = {name: os.path.join(root, name) for name in RUNS}
-    done = {name: train_or_reuse(configs[name], workdirs[name], args.retrain) for name in RUNS}
+    done = {name: reports.train_or_reuse(configs[name], workdirs[name], args.retrain)
+            for name in RUNS}
 
     eval_config = configs["coca_tiny"].evals
     eval_config.clipscore_workdir = workdirs["siglip_tiny"]
     started = time.perf_counter()
-    siglip = evaluate(restore.restore_run(workdirs["siglip_tiny"]), CONTRASTIVE_EVALS, eval_config)
+    siglip = reports.evaluate(restore.restore_run(workdirs["siglip_tiny"]), CONTRASTIVE_EVALS,
+                              eval_config)
     coca_run = restore.restore_run(workdirs["coca_tiny"])
-    coca = evaluate(coca_run, CONTRASTIVE_EVALS + GENERATIVE_EVALS, eval_config)
+    coca = reports.evaluate(coca_run, CONTRASTIVE_EVALS + GENERATIVE_EVALS, eval_config)
     samples = sample_captions(coca_run, args.samples, eval_config)
     print(f"evaluated in {time.perf_counter() - started:.0f} s")
-    print(evals.format_table({**{f"siglip:{k}": v for k, v in siglip.items()},
+    print(evals.formattable({**{f"siglip:{k}": v for k, v in siglip.items()},
                               **{f"coca:{k}": v for k, v in coca.items()}}))
 
     command = "python benchmarks/generative_report.py " + " ".join(
         sys.argv[1:] if argv is None else argv)
     runs = "; ".join(
         f"`{RUNS[name]}` ({configs[name].total_steps} steps at batch {configs[name].batch_size}, "
-        f"{done[name]})" for name in RUNS)
+        f"{reports.describe_training(done[name])})" for name in RUNS)
     sizes = {key: eval_config[key] for key in ("zeroshot_size", "retrieval_size", "probe_size",
                                                "captioning_size", "vqa_size", "pope_size",
                                                "genzeroshot_size")}

@@ -47,10 +47,36 @@ def _train(setup, steps=3, **optim_overrides):
         state, shardings, _ = create_train_state(init, tx, 0, mesh, rules)
         initial = jax.tree_util.tree_map(np.array, state.params)
         step = make_train_step(contrastive.make_loss_fn(model, config), tx, schedule, 1,
-                               shardings, mesh)
+                               shardings, mesh, param_rules=optim_config.param_rules)
         for _ in range(steps):
             state, _ = step(state, parallel.global_batch(batch, mesh))
     return initial, jax.tree_util.tree_map(np.asarray, state.params), state
+
+
+def _dot_count(fn, *args) -> int:
+    """Matrix products in the traced program of fn(*args) (nested jaxprs included)."""
+    return str(jax.make_jaxpr(fn)(*args)).count("dot_general")
+
+
+def test_locked_tower_costs_its_forward_only(setup):
+    """Every matmul of a trained tower has two in the backward (w.r.t. input and weight); a
+    frozen tower must add none, and the trained projection above it needs only its weight
+    gradient: one matmul fewer again."""
+    config, model, batch = setup
+    images, tokens = jnp.asarray(batch["image"]), jnp.asarray(batch["text_tokens"])
+    params = nn.unbox(model.init(jax.random.PRNGKey(0), images, tokens)["params"])
+    loss_fn = contrastive.make_loss_fn(model, config)
+    rng = jax.random.PRNGKey(1)
+
+    def grad_dots(param_rules):
+        loss = lambda p: loss_fn(optim.stop_frozen_gradients(p, param_rules), batch, rng)[0]
+        return _dot_count(jax.grad(loss), params)
+
+    text_forward = _dot_count(
+        lambda p: model.apply({"params": p}, tokens, method=lambda m, t: m.text_tower(t)),
+        params)
+    assert text_forward > 0
+    assert grad_dots((("text_tower/.*", "freeze"),)) == grad_dots(()) - 2 * text_forward - 1
 
 
 def _leaves(params, prefix):

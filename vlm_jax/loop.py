@@ -146,7 +146,8 @@ def build(config: ml_collections.ConfigDict, trainer, vocab_size: int, mesh, rul
         state, shardings, abstract_state = create_train_state(
             init_params, tx, config.seed, mesh, rules)
     loss_fn = trainer.make_loss_fn(model, config, mesh=mesh)
-    train_step = make_train_step(loss_fn, tx, schedule, config.grad_accum_steps, shardings, mesh)
+    train_step = make_train_step(loss_fn, tx, schedule, config.grad_accum_steps, shardings, mesh,
+                                 param_rules=config.optim.get("param_rules", ()))
     return model, state, abstract_state, train_step
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from vlm_jax import parallel
+from vlm_jax import optim, parallel
 
 # loss_fn(params, batch, rng) -> (loss, metrics)
 LossFn = Callable[[Any, dict, jax.Array], tuple[jax.Array, dict]]
@@ -62,15 +62,20 @@ def make_train_step(
     grad_accum_steps: int,
     state_shardings: TrainState,
     mesh: Mesh,
+    param_rules: Sequence[tuple[str, str]] = (),
 ):
     """jit(train_step) with explicit shardings and the state donated.
+
+    Parameters that `param_rules` freeze get no gradient (`optim.stop_frozen_gradients`).
 
     With `grad_accum_steps = k` the batch is split into k micro-batches (each device keeps its
     own examples), gradients are averaged, and the optimizer updates once.
     """
 
     def grads_and_metrics(params, batch, rng):
-        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, rng)
+        frozen_aware_loss = lambda p: loss_fn(optim.stop_frozen_gradients(p, param_rules),
+                                              batch, rng)
+        (_, metrics), grads = jax.value_and_grad(frozen_aware_loss, has_aux=True)(params)
         return grads, metrics
 
     def train_step(state: TrainState, batch: dict):

@@ -15,6 +15,8 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 import generative_report  # noqa: E402
 
+reports = generative_report.reports  # benchmarks/reports.py, as the script imports it
+
 SETUP = {"command": "python benchmarks/generative_report.py", "runs": "two runs",
          "eval_sizes": {"vqa_size": 400}, "image_size": 32}
 
@@ -39,11 +41,11 @@ def test_markdown_puts_each_number_in_its_table():
 
 
 def test_run_config_applies_steps_batch_and_micro_sizes():
-    config = generative_report.run_config("configs/coca.py:tiny", 7, 16, micro=True)
+    config = reports.run_config("configs/coca.py:tiny", 7, 16, micro=True)
     assert (config.total_steps, config.batch_size) == (7, 16)
     assert config.evals.names == ()
-    assert config.evals.vqa_size == generative_report.MICRO_EVALS["vqa_size"]
-    assert generative_report.run_config("configs/siglip.py:tiny", 0, 0, False).total_steps == 600
+    assert config.evals.vqa_size == reports.MICRO_EVALS["vqa_size"]
+    assert reports.run_config("configs/siglip.py:tiny", 0, 0, False).total_steps == 600
 
 
 @pytest.mark.slow

@@ -1,0 +1,88 @@
+"""What the report scripts share: train a config or reuse its finished run, evaluate the
+restored checkpoint, and write Markdown tables.
+
+A report trains each run once into its own workdir and evaluates the saved checkpoint, so
+rerunning a report after a docs change costs only the evals; `--retrain` starts over.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+
+from vlm_jax import configlib, evals, loop, restore
+
+# Eval sets small enough for a --micro smoke run of the whole report in a few minutes.
+MICRO_EVALS = dict(batch_size=32, zeroshot_size=48, retrieval_size=32, probe_size=8,
+                   captioning_size=8, vqa_size=16, pope_size=8, pope_stats_size=200,
+                   genzeroshot_size=24)
+TIMING_FILE = "report_timing.json"  # the wall time of the training, kept beside the run
+
+
+def run_config(spec: str, steps: int, batch: int, micro: bool):
+    """The config of one run: `spec` with the report's step/batch overrides (0: keep)."""
+    args = [arg for arg in (f"steps={steps}" if steps else "", f"batch={batch}" if batch else "")
+            if arg]
+    separator = "," if ":" in spec else ":"
+    config = configlib.load_config(spec + (separator + ",".join(args) if args else ""))
+    config.evals.names = ()  # the report evaluates the restored checkpoint itself
+    if micro:
+        config.log_every = 1
+        config.evals.update(MICRO_EVALS)
+    return config
+
+
+def train_or_reuse(config, workdir: str, retrain: bool) -> dict:
+    """Train the run in `workdir` unless it is complete there.
+
+    Returns {"done": "trained" | "reused", "train_seconds": wall time of the training (when
+    this report trained it, now or earlier; None for a run trained otherwise)}.
+    """
+    if retrain and os.path.exists(workdir):
+        shutil.rmtree(workdir)
+    timing_path = os.path.join(workdir, TIMING_FILE)
+    if os.path.exists(os.path.join(workdir, "results.json")):
+        with open(os.path.join(workdir, "config.json")) as f:
+            recorded = json.load(f)["config"]
+        trained = (recorded["total_steps"], recorded["batch_size"])
+        if trained != (config.total_steps, config.batch_size):
+            raise SystemExit(f"{workdir} holds a run of {trained[0]} steps at batch {trained[1]}, "
+                             f"not {config.total_steps} at {config.batch_size}; pass --retrain "
+                             "or another --root")
+        seconds = None
+        if os.path.exists(timing_path):
+            with open(timing_path) as f:
+                seconds = json.load(f)["train_seconds"]
+        return {"done": "reused", "train_seconds": seconds}
+    started = time.perf_counter()
+    loop.train(config, workdir)
+    seconds = round(time.perf_counter() - started, 1)
+    with open(timing_path, "w") as f:
+        json.dump({"train_seconds": seconds}, f)
+    return {"done": "trained", "train_seconds": seconds}
+
+
+def describe_training(outcome: dict) -> str:
+    """"trained in 412 s" / "reused the finished run (trained in 412 s)"."""
+    seconds = outcome["train_seconds"]
+    took = f"trained in {seconds:.0f} s" if seconds is not None else "trained elsewhere"
+    return took if outcome["done"] == "trained" else f"reused the finished run ({took})"
+
+
+def evaluate(run: restore.RestoredRun, names: tuple[str, ...], eval_config) -> dict[str, float]:
+    """The evals `names` on a restored run."""
+    caption_model = run.caption_model() if evals.needs_caption_model(names) else None
+    return evals.run_evals(names, run.scorer(), eval_config, caption_model)
+
+
+def cell(results: dict, key: str) -> str:
+    """One table cell: the metric to 3 decimals, or — when the run lacks it."""
+    return f"{results[key]:.3f}" if key in results else "—"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
