@@ -24,12 +24,7 @@ def get_config(arg=None):
                           causal=True, pool="eos"),
     )
     if arg.tiny:
-        c.model.embed_dim = 128
-        c.model.image = common.tiny_tower(patch_size=8, pool="cls")
-        c.model.text = common.tiny_tower(max_len=32, causal=True, pool="eos")
-        common.apply_run_args(c, arg, steps=600, image_size=32, text_length=24)
-        c.log_every, c.checkpoint_every = 25, 200
+        common.tiny_two_tower(c, arg, image_pool="cls", causal=True)
     else:
-        common.apply_run_args(c, arg, steps=10_000, image_size=224, text_length=77)
-        c.compute_dtype = "bfloat16"
+        common.full_run(c, arg, text_length=77)
     return c

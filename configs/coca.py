@@ -46,9 +46,7 @@ def get_config(arg=None):
         # layer (a self-attention and a cross-attention block). Near SigLIP tiny's step time.
         c.model.text = common.tiny_tower(depth=2, max_len=32)
         c.model.multimodal = common.tiny_tower(depth=1)
-        common.apply_run_args(c, arg, steps=600, image_size=32, text_length=24)
-        c.log_every, c.checkpoint_every = 25, 200
+        common.tiny_run(c, arg)
     else:
-        common.apply_run_args(c, arg, steps=10_000, image_size=224, text_length=64)
-        c.compute_dtype = "bfloat16"
+        common.full_run(c, arg)
     return c

@@ -96,6 +96,28 @@ def tiny_tower(**fields) -> ml_collections.ConfigDict:
     return tower("", **{**dict(width=128, depth=4, num_heads=4, mlp_dim=512), **fields})
 
 
+def tiny_two_tower(c: ml_collections.ConfigDict, arg: ml_collections.ConfigDict, *,
+                   image_pool: str, causal: bool = False) -> None:
+    """The `:tiny` variant of a two-tower family: 128-wide towers, patch 8, then `tiny_run`."""
+    c.model.embed_dim = 128
+    c.model.image = tiny_tower(patch_size=8, pool=image_pool)
+    c.model.text = tiny_tower(max_len=32, causal=causal, pool="eos")
+    tiny_run(c, arg)
+
+
+def tiny_run(c: ml_collections.ConfigDict, arg: ml_collections.ConfigDict) -> None:
+    """The `:tiny` CPU runs: 600 steps of 32 px images and 24 text tokens, logged every 25."""
+    apply_run_args(c, arg, steps=600, image_size=32, text_length=24)
+    c.log_every, c.checkpoint_every = 25, 200
+
+
+def full_run(c: ml_collections.ConfigDict, arg: ml_collections.ConfigDict, *,
+             text_length: int = 64) -> None:
+    """The accelerator runs: 10k steps of 224 px images in bfloat16 (float32 parameters)."""
+    apply_run_args(c, arg, steps=10_000, image_size=224, text_length=text_length)
+    c.compute_dtype = "bfloat16"
+
+
 def apply_run_args(c: ml_collections.ConfigDict, arg: ml_collections.ConfigDict, *,
                    steps: int, image_size: int, text_length: int) -> None:
     """Copy the shared short args into the config; an arg left at 0 takes the given default."""

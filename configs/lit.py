@@ -73,12 +73,7 @@ def get_config(arg=None):
         common.apply_run_args(c, arg, steps=STEPS_MINILM, image_size=32, text_length=40)
         c.log_every, c.checkpoint_every = 25, 100
     elif arg.tiny:
-        c.model.embed_dim = 128
-        c.model.image = common.tiny_tower(patch_size=8, pool="map")
-        c.model.text = common.tiny_tower(max_len=32, causal=False, pool="eos")
-        common.apply_run_args(c, arg, steps=600, image_size=32, text_length=24)
-        c.log_every, c.checkpoint_every = 25, 200
+        common.tiny_two_tower(c, arg, image_pool="map")
     else:
-        common.apply_run_args(c, arg, steps=10_000, image_size=224, text_length=64)
-        c.compute_dtype = "bfloat16"
+        common.full_run(c, arg)
     return c

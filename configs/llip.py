@@ -22,7 +22,7 @@ def get_config(arg=None):
         raise ConfigError(f"config arg loss={arg.loss!r}: use sigmoid or softmax")
     c = common.base_config()
     c.trainer = "llip"
-    c.loss = dict(name=arg.loss)
+    c.loss = dict(name=arg.loss, variant="gspmd", bidirectional=False)  # gspmd|gather|ring
     if arg.loss == "sigmoid":
         scale = dict(logit_scale_init=math.log(10.0), logit_bias_init=-10.0,
                      max_logit_scale=float("inf"))
@@ -38,13 +38,8 @@ def get_config(arg=None):
         text=common.tower(arg.text_variant, max_len=64, causal=False, pool="eos"),
     )
     if arg.tiny:
-        c.model.embed_dim = 128
+        common.tiny_two_tower(c, arg, image_pool="gap")
         c.model.num_mixture_tokens = arg.mixture_tokens or 8
-        c.model.image = common.tiny_tower(patch_size=8, pool="gap")
-        c.model.text = common.tiny_tower(max_len=32, causal=False, pool="eos")
-        common.apply_run_args(c, arg, steps=600, image_size=32, text_length=24)
-        c.log_every, c.checkpoint_every = 25, 200
     else:
-        common.apply_run_args(c, arg, steps=10_000, image_size=224, text_length=64)
-        c.compute_dtype = "bfloat16"
+        common.full_run(c, arg)
     return c

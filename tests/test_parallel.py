@@ -1,4 +1,7 @@
-"""Mesh layouts: a sharded train step equals the single-device step."""
+"""Mesh layouts: a sharded train step equals the single-device step, for data + FSDP, data +
+FSDP + tensor, pure FSDP and pure tensor parallelism; and a checkpoint saved under one mesh
+restores under another (other devices, other count, other layout) with equal values and the
+new shardings."""
 
 import flax.linen as nn
 import jax
@@ -6,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vlm_jax import configlib, models, optim, parallel
+from vlm_jax import checkpoint, configlib, models, optim, parallel
 from vlm_jax.train_state import create_train_state, make_train_step
 from vlm_jax.trainers import contrastive
 
@@ -35,14 +38,22 @@ def single_device(setup):
     return losses, params
 
 
-def _train(setup, mesh_config, devices, steps=2):
-    config, model, tx, schedule, batch = setup
+def _new_state(setup, mesh_config, devices):
+    """(state, shardings, abstract_state, mesh) of a fresh run on `devices` as `mesh_config`."""
+    config, model, tx, _, _ = setup
     mesh = parallel.make_mesh(mesh_config, devices)
     rules = parallel.logical_rules(config)
     init = lambda rng: model.init(
         rng, jnp.zeros((1, SIZE, SIZE, 3), jnp.uint8), jnp.zeros((1, LENGTH), jnp.int32))["params"]
     with nn.logical_axis_rules(rules):
-        state, shardings, _ = create_train_state(init, tx, 0, mesh, rules)
+        return (*create_train_state(init, tx, 0, mesh, rules), mesh)
+
+
+def _train(setup, mesh_config, devices, steps=2):
+    """(losses, params as NumPy, final state) of `steps` train steps on that mesh."""
+    config, model, tx, schedule, batch = setup
+    state, shardings, _, mesh = _new_state(setup, mesh_config, devices)
+    with nn.logical_axis_rules(parallel.logical_rules(config)):
         step = make_train_step(contrastive.make_loss_fn(model, config), tx, schedule, 1,
                                shardings, mesh)
         losses = []
@@ -74,3 +85,67 @@ def test_sharded_train_steps_equal_single_device(setup, single_device, layout):
     # The layout really is sharded: FSDP splits the embedding dimension of the MLP kernel.
     kernel = state.params["image_tower"]["encoder"]["block0"]["mlp"]["Dense_0"]["kernel"]
     assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+
+
+@pytest.fixture(scope="module")
+def fsdp_run(setup):
+    return _train(setup, dict(data=1, fsdp=8, tensor=1), jax.devices())
+
+
+def _sharded_leaves(params, axis: str):
+    """{path: (global shape, one device's shard shape)} of the params split over `axis`."""
+    out = {}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        if axis in jax.tree_util.tree_leaves(tuple(leaf.sharding.spec)):
+            out[jax.tree_util.keystr(path)] = (leaf.shape, leaf.addressable_shards[0].data.shape)
+    return out
+
+
+def _assert_equal_to_single_device(losses, params, single_device):
+    # Tolerance as above: sharded reductions sum in another order.
+    ref_losses, ref_params = single_device
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+    for got, want in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(ref_params)):
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-5)
+
+
+def test_fsdp_alone_equals_single_device(fsdp_run, single_device):
+    losses, params, state = fsdp_run
+    _assert_equal_to_single_device(losses, params, single_device)
+    # Parameters and optimizer state are split 8 ways along `embed`.
+    for tree in (state.params, state.opt_state):
+        sharded = _sharded_leaves(tree, "fsdp")
+        assert sharded and all(np.prod(full) == 8 * np.prod(shard)
+                               for full, shard in sharded.values())
+
+
+def test_tensor_parallel_alone_equals_single_device(setup, single_device):
+    losses, params, state = _train(setup, dict(data=1, fsdp=1, tensor=2), jax.devices()[:2])
+    _assert_equal_to_single_device(losses, params, single_device)
+    # Both towers split their heads and MLP hidden units over the two devices.
+    sharded = _sharded_leaves(state.params, "tensor")
+    for tower in ("image_tower", "text_tower"):
+        for part in ("attn", "mlp"):
+            paths = [p for p in sharded if tower in p and part in p]
+            assert paths, f"no {tower} {part} parameter is tensor-parallel"
+            assert all(np.prod(sharded[p][0]) == 2 * np.prod(sharded[p][1]) for p in paths)
+
+
+def test_checkpoint_restores_under_another_mesh(setup, fsdp_run, tmp_path):
+    """Saved from 8 devices as fsdp=8, restored on 4 others as data=2 x tensor=2."""
+    target, devices = dict(data=2, fsdp=1, tensor=2), slice(4, 8)
+    _, _, saved = fsdp_run  # trained 2 steps: the optimizer moments are nonzero
+    ckpt = checkpoint.Checkpointer(str(tmp_path))
+    ckpt.save(2, saved, {"iterator": {"position": 2}, "corrupt_records": 0})
+    ckpt.close()
+
+    _, shardings, abstract, _ = _new_state(setup, target, jax.devices()[devices])
+    restored, data_state = checkpoint.Checkpointer(str(tmp_path)).restore(2, abstract)
+    assert data_state == {"iterator": {"position": 2}, "corrupt_records": 0}
+    assert int(restored.step) == 2
+    for got, want, sharding in zip(jax.tree_util.tree_leaves(restored),
+                                   jax.tree_util.tree_leaves(saved),
+                                   jax.tree_util.tree_leaves(shardings)):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+        assert got.sharding == sharding
+        assert set(got.sharding.device_set) <= set(jax.devices()[devices])

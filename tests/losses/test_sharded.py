@@ -1,4 +1,5 @@
-"""Every sharded variant of both contrastive losses equals the single-device reference.
+"""Every sharded variant of both contrastive losses equals the single-device reference, for
+dot-product scores (CLIP, SigLIP) and Llip's caption-conditioned ones.
 
 Loss, i2t accuracy and the gradients for image_emb, text_emb, logit_scale and logit_bias, on
 meshes of 1 to 8 of the 8 simulated CPU devices (odd rings too, for the bidirectional ring).
@@ -155,15 +156,21 @@ def _init(model, key):
 
 @pytest.mark.parametrize("config_name,variant,bidirectional", [
     ("configs/siglip.py:tiny", "ring", True),
+    # Llip: each device's mixtures meet every text chunk; kernels, scale, bias get gradients.
+    ("configs/llip.py:tiny,mixture_tokens=3", "ring", True),
+    ("configs/llip.py:tiny,mixture_tokens=3,loss=softmax", "gather", False),
     pytest.param("configs/clip.py:tiny", "gather", False, marks=pytest.mark.slow),
+    pytest.param("configs/llip.py:tiny,mixture_tokens=3,loss=softmax", "ring", False,
+                 marks=pytest.mark.slow),
 ])
 def test_trainer_loss_fn_with_sharded_variant_equals_gspmd(config_name, variant, bidirectional):
     import flax.linen as nn
 
-    from vlm_jax.trainers import contrastive as trainer
+    from vlm_jax.trainers import get_trainer
 
     mesh = _mesh(4, 2, 1)
     config, model, batch = _tiny_two_tower(config_name, variant, bidirectional)
+    trainer = get_trainer(config.trainer)
     params = nn.unbox(_init(model, jax.random.PRNGKey(0)))
     global_batch = parallel.global_batch(batch, mesh)
     results = []

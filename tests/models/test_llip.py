@@ -64,9 +64,7 @@ def test_one_mixture_token_with_identity_value_and_out_is_siglip(loss):
 
     def llip_loss(mixture, text_emb, scale, bias):
         logits = llip_logits(mixture, text_emb, kernels, 5.0, scale, bias)
-        if loss == "sigmoid":
-            return llip_trainer.sigmoid_loss_on_logits(logits)
-        return llip_trainer.softmax_loss_on_logits(logits)
+        return contrastive.LOSSES_ON_LOGITS[loss](logits)[0]
 
     def reference_loss(mixture, text_emb, scale, bias):
         image_emb = l2_normalize(mixture[:, 0])

@@ -1,8 +1,11 @@
 """The contrastive losses as explicit per-device programs (`jax.shard_map`) over the batch axes.
 
 Each function takes what its reference in `contrastive.py` takes, plus the mesh and a variant,
-and returns the same `(loss, {"loss", "i2t_accuracy"})`. Embeddings are global [B, D] arrays
-split over `batch_axes` (b = B / n rows per device); scalars are replicated.
+and returns the same `(loss, {"loss", "i2t_accuracy"})`. Images and texts are global arrays
+split over `batch_axes` (b = B / n rows per device); the score's parameters are replicated.
+`sharded_pair_loss` is the general form: any pair score that scores each (image, text) pair on
+its own, e.g. Llip's caption-conditioned cosine, whose text chunks travel with their
+embeddings exactly as CLIP's do.
 
     gspmd   the reference under jit on global arrays: XLA picks the collectives.
     gather  all-gather the texts; each device scores its own images against all of them, [b, B].
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +31,8 @@ from vlm_jax.losses import contrastive
 from vlm_jax.parallel import BATCH_AXES
 
 VARIANTS = ("gspmd", "gather", "ring")
+# score(image_rows [b, ...], texts [c, D], params) -> logits [b, c]
+PairScore = Callable[[jax.Array, jax.Array, object], jax.Array]
 
 
 def sharded_softmax_contrastive_loss(
@@ -41,17 +46,8 @@ def sharded_softmax_contrastive_loss(
     bidirectional: bool = False,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Symmetric InfoNCE (equal to `contrastive.softmax_contrastive_loss`) computed by `variant`."""
-    _check_variant(variant)
-    if variant == "gspmd":
-        return contrastive.softmax_contrastive_loss(image_emb, text_emb, logit_scale)
-    axes = tuple(batch_axes)
-    n = _num_shards(mesh, axes)
-    if variant == "gather":
-        per_device = lambda x, y, s: _softmax_gather(x, y, s, axes=axes, n=n)
-    else:
-        per_device = lambda x, y, s: _softmax_ring(
-            x, y, s, axes=axes, n=n, bidirectional=bidirectional)
-    return _on_mesh(per_device, mesh, axes, num_scalars=1)(image_emb, text_emb, logit_scale)
+    return sharded_pair_loss("softmax", image_emb, text_emb, dot_score, {"scale": logit_scale},
+                             mesh, variant, batch_axes=batch_axes, bidirectional=bidirectional)
 
 
 def sharded_sigmoid_contrastive_loss(
@@ -66,18 +62,49 @@ def sharded_sigmoid_contrastive_loss(
     bidirectional: bool = False,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """SigLIP loss (equal to `contrastive.sigmoid_contrastive_loss`) computed by `variant`."""
+    return sharded_pair_loss("sigmoid", image_emb, text_emb, dot_score,
+                             {"scale": logit_scale, "bias": logit_bias}, mesh, variant,
+                             batch_axes=batch_axes, bidirectional=bidirectional)
+
+
+def dot_score(image_emb: jax.Array, text_emb: jax.Array, params: dict) -> jax.Array:
+    """CLIP / SigLIP pair logits t x.y (+ b): [Bi, D] x [Bt, D] -> [Bi, Bt]."""
+    return params["scale"] * image_emb @ text_emb.T + params.get("bias", 0.0)
+
+
+def sharded_pair_loss(
+    name: str,
+    image_rows: jax.Array,
+    text_emb: jax.Array,
+    score: PairScore,
+    score_params,
+    mesh: Mesh,
+    variant: str,
+    *,
+    batch_axes: Sequence[str] = BATCH_AXES,
+    bidirectional: bool = False,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The `name` ("softmax" | "sigmoid") loss of the logits `score(image_rows, text_emb,
+    score_params)` [B, B], equal to `contrastive.LOSSES_ON_LOGITS[name]`, computed by `variant`.
+
+    `score` must score every (image row, text) pair independently (so a block of rows against a
+    chunk of texts is that block of the logits): `image_rows` [B, ...] are per-image inputs
+    (an embedding, or Llip's K mixture vectors), `score_params` a pytree of replicated
+    parameters (scale, bias, Llip's attention kernels) that gets gradients like the rest.
+    """
     _check_variant(variant)
+    if name not in contrastive.LOSSES_ON_LOGITS:
+        raise ValueError(f"contrastive loss {name!r} must be one of "
+                         f"{', '.join(contrastive.LOSSES_ON_LOGITS)}")
     if variant == "gspmd":
-        return contrastive.sigmoid_contrastive_loss(image_emb, text_emb, logit_scale, logit_bias)
+        return contrastive.LOSSES_ON_LOGITS[name](score(image_rows, text_emb, score_params))
     axes = tuple(batch_axes)
     n = _num_shards(mesh, axes)
-    if variant == "gather":
-        per_device = lambda x, y, s, c: _sigmoid_gather(x, y, s, c, axes=axes, n=n)
-    else:
-        per_device = lambda x, y, s, c: _sigmoid_ring(
-            x, y, s, c, axes=axes, n=n, bidirectional=bidirectional)
-    return _on_mesh(per_device, mesh, axes, num_scalars=2)(
-        image_emb, text_emb, logit_scale, logit_bias)
+    body = {("softmax", "gather"): _softmax_gather, ("sigmoid", "gather"): _sigmoid_gather,
+            ("softmax", "ring"): _softmax_ring, ("sigmoid", "ring"): _sigmoid_ring}[name, variant]
+    options = dict(bidirectional=bidirectional) if variant == "ring" else {}
+    per_device = functools.partial(body, score=score, axes=axes, n=n, **options)
+    return _on_mesh(per_device, mesh, axes)(image_rows, text_emb, score_params)
 
 
 def _check_variant(variant: str) -> None:
@@ -90,10 +117,11 @@ def _num_shards(mesh: Mesh, axes: tuple[str, ...]) -> int:
     return math.prod(mesh.shape[axis] for axis in axes)
 
 
-def _on_mesh(per_device, mesh: Mesh, axes: tuple[str, ...], num_scalars: int):
-    """shard_map: embeddings split over the batch axes, scalars and results replicated.
+def _on_mesh(per_device, mesh: Mesh, axes: tuple[str, ...]):
+    """shard_map: images and texts split over the batch axes, score parameters and results
+    replicated.
 
-    A replicated scalar's gradient is the sum of every device's part: the transpose of
+    A replicated parameter's gradient is the sum of every device's part: the transpose of
     shard_map's implicit broadcast (check_vma) sums it for the gather bodies, and the ring's
     own backward pass sums it explicitly.
     """
@@ -102,19 +130,20 @@ def _on_mesh(per_device, mesh: Mesh, axes: tuple[str, ...], num_scalars: int):
     return jax.shard_map(
         per_device,
         mesh=mesh,
-        in_specs=(rows, rows) + (replicated,) * num_scalars,
+        in_specs=(rows, rows, replicated),
         out_specs=(replicated, {"loss": replicated, "i2t_accuracy": replicated}),
     )
 
 
-# Per-device bodies: x [b, D] this device's images, y [b, D] its texts, n devices in the ring.
+# Per-device bodies: x [b, ...] this device's images, y [b, D] its texts, p the score's
+# parameters, n devices in the ring.
 
 
-def _softmax_gather(x, y, logit_scale, *, axes, n):
+def _softmax_gather(x, y, p, *, score, axes, n):
     b = x.shape[0]
     position = lax.axis_index(axes)
     texts = lax.all_gather(y, axes, tiled=True)  # [B, D]
-    logits = logit_scale * x @ texts.T  # [b, B]: this device's rows
+    logits = score(x, texts, p)  # [b, B]: this device's rows
     own = position * b + jnp.arange(b)  # labels: this device's texts in the global order
     positive = jnp.take_along_axis(logits, own[:, None], axis=1)[:, 0]
     row_lse = jax.nn.logsumexp(logits, axis=1)
@@ -130,10 +159,10 @@ def _softmax_gather(x, y, logit_scale, *, axes, n):
     return _finish(0.5 * loss_sum, _count_correct(positive, others.max(axis=1)), axes, n * b)
 
 
-def _sigmoid_gather(x, y, logit_scale, logit_bias, *, axes, n):
+def _sigmoid_gather(x, y, p, *, score, axes, n):
     b = x.shape[0]
     texts = lax.all_gather(y, axes, tiled=True)  # [B, D]
-    logits = logit_scale * x @ texts.T + logit_bias  # [b, B]
+    logits = score(x, texts, p)  # [b, B]
     own = lax.axis_index(axes) * b + jnp.arange(b)
     is_pair = jnp.arange(n * b)[None, :] == own[:, None]
     labels = jnp.where(is_pair, 1.0, -1.0).astype(logits.dtype)
@@ -143,14 +172,14 @@ def _sigmoid_gather(x, y, logit_scale, logit_bias, *, axes, n):
     return _finish(loss_sum, _count_correct(positive, others.max(axis=1)), axes, n * b)
 
 
-def _softmax_ring(x, y, logit_scale, *, axes, n, bidirectional):
+def _softmax_ring(x, y, p, *, score, axes, n, bidirectional):
     ring = functools.partial(_ring, axes=axes, n=n, bidirectional=bidirectional)
 
-    def forward(x, y, logit_scale):
+    def forward(x, y, p):
         # Row log-sum-exps (this device's images) stay; column ones ride with their texts.
         def visit(stay, texts, column_lse, paired):
             row_lse, pairs = stay
-            logits = logit_scale * x @ texts.T  # [b, b]
+            logits = score(x, texts, p)  # [b, b]
             row_lse = jnp.logaddexp(row_lse, jax.nn.logsumexp(logits, axis=1))
             column_lse = jnp.logaddexp(column_lse, jax.nn.logsumexp(logits, axis=0))
             return (row_lse, _track_pairs(pairs, logits, paired)), column_lse
@@ -159,51 +188,47 @@ def _softmax_ring(x, y, logit_scale, *, axes, n, bidirectional):
         (row_lse, (positive, best)), column_lse = ring(
             visit, (minus_inf, _no_pairs(x)), y, minus_inf, merge=jnp.logaddexp)
         loss_sum = 0.5 * (jnp.sum(row_lse - positive) + jnp.sum(column_lse - positive))
-        return (loss_sum, _count_correct(positive, best)), (x, y, logit_scale, row_lse, column_lse)
+        return (loss_sum, _count_correct(positive, best)), (x, y, p, row_lse, column_lse)
 
-    def block_loss(x, texts, logit_scale, column_lse, paired, row_lse):
+    def block_loss(x, texts, p, column_lse, paired, row_lse):
         # Holding the normalisers fixed, d/dlogits = 0.5 (softmax_rows + softmax_columns) - pairs,
         # the block's share of the loss gradient.
-        logits = logit_scale * x @ texts.T
+        logits = score(x, texts, p)
         loss = 0.5 * (jnp.sum(jnp.exp(logits - row_lse[:, None]))
                       + jnp.sum(jnp.exp(logits - column_lse[None, :])))
         return loss - jnp.where(paired, jnp.trace(logits), 0.0)
 
     def backward(residuals, cotangents):
-        x, y, logit_scale, row_lse, column_lse = residuals
+        x, y, p, row_lse, column_lse = residuals
         block = functools.partial(block_loss, row_lse=row_lse)
-        dx, dy, (dscale,) = _ring_backward(block, cotangents[0], x, y, (logit_scale,),
-                                           column_lse, ring, axes)
-        return dx, dy, dscale
+        return _ring_backward(block, cotangents[0], x, y, p, column_lse, ring, axes)
 
-    return _with_ring_gradient(forward, backward, x, y, logit_scale, axes=axes, n=n)
+    return _with_ring_gradient(forward, backward, x, y, p, axes=axes, n=n)
 
 
-def _sigmoid_ring(x, y, logit_scale, logit_bias, *, axes, n, bidirectional):
+def _sigmoid_ring(x, y, p, *, score, axes, n, bidirectional):
     ring = functools.partial(_ring, axes=axes, n=n, bidirectional=bidirectional)
 
-    def forward(x, y, logit_scale, logit_bias):
+    def forward(x, y, p):
         def visit(stay, texts, travel, paired):
             loss_sum, pairs = stay
-            logits = logit_scale * x @ texts.T + logit_bias  # [b, b]
+            logits = score(x, texts, p)  # [b, b]
             loss_sum = loss_sum + _sigmoid_nll(logits, paired)
             return (loss_sum, _track_pairs(pairs, logits, paired)), travel
 
-        stay = (jnp.zeros_like(x[0, 0], dtype=_accumulator_dtype(x)), _no_pairs(x))
+        stay = (_fill(x, 0.0).sum(), _no_pairs(x))
         (loss_sum, (positive, best)), _ = ring(visit, stay, y, None)
-        return (loss_sum, _count_correct(positive, best)), (x, y, logit_scale, logit_bias)
+        return (loss_sum, _count_correct(positive, best)), (x, y, p)
 
-    def block_loss(x, texts, logit_scale, logit_bias, stats, paired):
+    def block_loss(x, texts, p, stats, paired):
         del stats  # the sigmoid loss is a plain sum over pairs: no normalisers
-        return _sigmoid_nll(logit_scale * x @ texts.T + logit_bias, paired)
+        return _sigmoid_nll(score(x, texts, p), paired)
 
     def backward(residuals, cotangents):
-        x, y, logit_scale, logit_bias = residuals
-        dx, dy, (dscale, dbias) = _ring_backward(block_loss, cotangents[0], x, y,
-                                                 (logit_scale, logit_bias), None, ring, axes)
-        return dx, dy, dscale, dbias
+        x, y, p = residuals
+        return _ring_backward(block_loss, cotangents[0], x, y, p, None, ring, axes)
 
-    return _with_ring_gradient(forward, backward, x, y, logit_scale, logit_bias, axes=axes, n=n)
+    return _with_ring_gradient(forward, backward, x, y, p, axes=axes, n=n)
 
 
 def _sigmoid_nll(logits, paired):
@@ -212,7 +237,7 @@ def _sigmoid_nll(logits, paired):
     return -jnp.sum(jax.nn.log_sigmoid(jnp.where(is_pair, logits, -logits)))
 
 
-def _with_ring_gradient(forward, backward, x, y, *scalars, axes, n):
+def _with_ring_gradient(forward, backward, x, y, p, *, axes, n):
     """The ring's loss with its gradient computed by a second ring (`backward`).
 
     Differentiating through the forward scan would keep every round's received text chunk for
@@ -222,36 +247,35 @@ def _with_ring_gradient(forward, backward, x, y, *scalars, axes, n):
     """
 
     @jax.custom_vjp
-    def ring_loss(x, y, *scalars):
-        return forward(x, y, *scalars)[0]
+    def ring_loss(x, y, p):
+        return forward(x, y, p)[0]
 
     ring_loss.defvjp(forward, backward)
-    loss_sum, correct = ring_loss(x, y, *scalars)
+    loss_sum, correct = ring_loss(x, y, p)
     return _finish(loss_sum, correct, axes, n * x.shape[0])
 
 
-def _ring_backward(block_loss, cotangent, x, y, scalars, text_stats, ring, axes):
-    """(dx, dy, dscalars) of sum over blocks of `block_loss`, scaled by `cotangent`.
+def _ring_backward(block_loss, cotangent, x, y, p, text_stats, ring, axes):
+    """(dx, dy, dp) of sum over blocks of `block_loss`, scaled by `cotangent`.
 
-    `block_loss(x, texts, *scalars, stats, paired)` is one block's loss with any normalisers
-    (`stats` of those texts, riding with them) held fixed. The scalars are marked per-device so
-    their gradients add up locally, then are summed over the ring once at the end.
+    `block_loss(x, texts, p, stats, paired)` is one block's loss with any normalisers
+    (`stats` of those texts, riding with them) held fixed. The score parameters are marked
+    per-device so their gradients add up locally, then are summed over the ring once at the end.
     """
-    scalars = tuple(lax.pcast(s, axes, to="varying") for s in scalars)
+    tree_map = jax.tree_util.tree_map
+    p = tree_map(lambda a: lax.pcast(a, axes, to="varying"), p)
 
     def visit(stay, chunk, dtexts, paired):
-        dx, dscalars = stay
+        dx, dp = stay
         texts, stats = chunk
         _, pullback = jax.vjp(
-            lambda x, texts, *scalars: block_loss(x, texts, *scalars, stats, paired),
-            x, texts, *scalars)
-        dx_block, dtexts_block, *dscalars_block = pullback(cotangent)
-        dscalars = tuple(a + b for a, b in zip(dscalars, dscalars_block))
-        return (dx + dx_block, dscalars), dtexts + dtexts_block
+            lambda x, texts, p: block_loss(x, texts, p, stats, paired), x, texts, p)
+        dx_block, dtexts_block, dp_block = pullback(cotangent)
+        return (dx + dx_block, tree_map(jnp.add, dp, dp_block)), dtexts + dtexts_block
 
-    stay = (jnp.zeros_like(x), tuple(jnp.zeros_like(s) for s in scalars))
-    (dx, dscalars), dy = ring(visit, stay, (y, text_stats), jnp.zeros_like(y))
-    return dx, dy, tuple(lax.psum(d, axes) for d in dscalars)
+    stay = (jnp.zeros_like(x), tree_map(jnp.zeros_like, p))
+    (dx, dp), dy = ring(visit, stay, (y, text_stats), jnp.zeros_like(y))
+    return dx, dy, tree_map(lambda d: lax.psum(d, axes), dp)
 
 
 def _ring(visit, stay, texts, travel, *, axes, n, bidirectional, merge=jnp.add):
@@ -318,7 +342,7 @@ def _accumulator_dtype(x):
 
 def _fill(x, value):
     """A [b] accumulator for this device's rows (built from x: per-device, like the rows)."""
-    return jnp.full_like(x[:, 0], value, dtype=_accumulator_dtype(x))
+    return jnp.full_like(x.reshape(x.shape[0], -1)[:, 0], value, dtype=_accumulator_dtype(x))
 
 
 def _no_pairs(x):

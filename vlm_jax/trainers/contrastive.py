@@ -11,12 +11,13 @@ from vlm_jax.losses import sharded
 LOSSES = ("softmax", "sigmoid")
 
 
-def contrastive_term(name: str, loss_config: ml_collections.ConfigDict, mesh=None):
-    """term(image_emb, text_emb, extras) -> (loss, metrics): the `name` loss spread per config.
+def pair_loss_term(name: str, loss_config: ml_collections.ConfigDict, mesh=None):
+    """term(image_rows, text_emb, score, score_params) -> (loss, metrics): the `name` loss of
+    the pair logits `score(...)`, spread over devices per config (`sharded.sharded_pair_loss`).
 
-    `loss_config.variant` picks how the loss is spread over devices (vlm_jax/losses/sharded.py):
-    "gspmd" (default) needs no mesh; "gather" and "ring" run on `mesh`'s batch axes. Shared by
-    every trainer with a contrastive term (CLIP, SigLIP, LiT, CoCa), so all shard the same way.
+    `loss_config.variant` picks how (vlm_jax/losses/sharded.py): "gspmd" (default) needs no
+    mesh; "gather" and "ring" run on `mesh`'s batch axes. Shared by every trainer with a
+    contrastive term (CLIP, SigLIP, LiT, CoCa, Llip), so all shard the same way.
     """
     if name not in LOSSES:
         raise ValueError(f"contrastive loss {name!r} must be one of {', '.join(LOSSES)}")
@@ -28,14 +29,23 @@ def contrastive_term(name: str, loss_config: ml_collections.ConfigDict, mesh=Non
         raise ValueError(f"loss.variant {variant!r} runs on the device mesh, but make_loss_fn "
                          "got mesh=None: pass the run's mesh, or use loss.variant=gspmd")
 
+    def term(image_rows, text_emb, score, score_params):
+        return sharded.sharded_pair_loss(name, image_rows, text_emb, score, score_params, mesh,
+                                         variant, bidirectional=bidirectional)
+
+    return term
+
+
+def contrastive_term(name: str, loss_config: ml_collections.ConfigDict, mesh=None):
+    """term(image_emb, text_emb, extras) -> (loss, metrics): `pair_loss_term` on the dot-product
+    logits t x.y (+ b for the sigmoid loss; the softmax is blind to a constant bias)."""
+    pair_term = pair_loss_term(name, loss_config, mesh)
+
     def term(image_emb, text_emb, extras):
-        if name == "softmax":
-            return sharded.sharded_softmax_contrastive_loss(
-                image_emb, text_emb, extras["logit_scale"], mesh, variant,
-                bidirectional=bidirectional)
-        return sharded.sharded_sigmoid_contrastive_loss(
-            image_emb, text_emb, extras["logit_scale"], extras["logit_bias"], mesh, variant,
-            bidirectional=bidirectional)
+        params = {"scale": extras["logit_scale"]}
+        if name == "sigmoid":
+            params["bias"] = extras["logit_bias"]
+        return pair_term(image_emb, text_emb, sharded.dot_score, params)
 
     return term
 
