@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     coca = reports.evaluate(coca_run, CONTRASTIVE_EVALS + GENERATIVE_EVALS, eval_config)
     samples = sample_captions(coca_run, args.samples, eval_config)
     print(f"evaluated in {time.perf_counter() - started:.0f} s")
-    print(evals.formattable({**{f"siglip:{k}": v for k, v in siglip.items()},
+    print(evals.format_table({**{f"siglip:{k}": v for k, v in siglip.items()},
                               **{f"coca:{k}": v for k, v in coca.items()}}))
 
     command = "python benchmarks/generative_report.py " + " ".join(
