@@ -16,7 +16,6 @@ Training wall times are measured here and kept in each run (report_timing.json).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -134,17 +133,9 @@ ran the report (2 CPU cores for the committed page).
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", default="", help="runs folder (default runs/contrastive)")
-    parser.add_argument("--out", default="docs/contrastive.md", help="Markdown file to write")
-    parser.add_argument("--retrain", action="store_true", help="delete and retrain every run")
-    parser.add_argument("--steps", type=int, default=0, help="every run's steps (0: configs')")
-    parser.add_argument("--batch", type=int, default=0, help="every run's batch (0: configs')")
-    parser.add_argument("--micro", action="store_true",
-                        help="smoke run: batch 16 (unless --batch), tiny eval sets")
-    args = parser.parse_args(argv)
-    root = args.root or ("runs/contrastive_micro" if args.micro else "runs/contrastive")
-    configs = plan(args.steps, args.batch or (16 if args.micro else 0), args.micro)
+    args = reports.arg_parser(__doc__.splitlines()[0], "contrastive").parse_args(argv)
+    root = reports.root(args, "contrastive")
+    configs = plan(args.steps, reports.batch(args), args.micro)
     outcomes = {}
     for name, config in configs.items():
         print(f"== {name}: {RUNS[name][1]}, {config.total_steps} steps at batch "

@@ -16,7 +16,6 @@ cut short resumes; one trained for another number of steps is refused (use --ret
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -145,18 +144,11 @@ How each number is made (the module docstrings in `vlm_jax/evals/` say more):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", default="", help="runs folder (default runs/generative)")
-    parser.add_argument("--out", default="docs/generative.md", help="Markdown file to write")
-    parser.add_argument("--retrain", action="store_true", help="delete and retrain both runs")
-    parser.add_argument("--steps", type=int, default=0, help="training steps (0: the config's)")
-    parser.add_argument("--batch", type=int, default=0, help="batch size (0: the config's)")
-    parser.add_argument("--micro", action="store_true",
-                        help="smoke run: batch 16 (unless --batch), tiny eval sets")
+    parser = reports.arg_parser(__doc__.splitlines()[0], "generative")
     parser.add_argument("--samples", type=int, default=6, help="sample captions to show")
     args = parser.parse_args(argv)
-    root = args.root or ("runs/generative_micro" if args.micro else "runs/generative")
-    batch = args.batch or (16 if args.micro else 0)
+    root = reports.root(args, "generative")
+    batch = reports.batch(args)
     configs = {name: reports.run_config(spec, args.steps, batch, args.micro)
                for name, spec in RUNS.items()}
     workdirs = {name: os.path.join(root, name) for name in RUNS}

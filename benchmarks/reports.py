@@ -7,6 +7,7 @@ rerunning a report after a docs change costs only the evals; `--retrain` starts 
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -19,6 +20,30 @@ MICRO_EVALS = dict(batch_size=32, zeroshot_size=48, retrieval_size=32, probe_siz
                    captioning_size=8, vqa_size=16, pope_size=8, pope_stats_size=200,
                    genzeroshot_size=24)
 TIMING_FILE = "report_timing.json"  # the wall time of the training, kept beside the run
+
+
+def arg_parser(description: str, name: str) -> argparse.ArgumentParser:
+    """The options every report takes; `name` is its runs folder (runs/<name>) and page
+    (docs/<name>.md). After parsing, `root(args, name)` is the runs folder to use and
+    `batch(args)` the batch."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--root", default="", help=f"runs folder (default runs/{name})")
+    parser.add_argument("--out", default=f"docs/{name}.md", help="Markdown file to write")
+    parser.add_argument("--retrain", action="store_true", help="delete and retrain every run")
+    parser.add_argument("--steps", type=int, default=0, help="every run's steps (0: configs')")
+    parser.add_argument("--batch", type=int, default=0, help="every run's batch (0: configs')")
+    parser.add_argument("--micro", action="store_true",
+                        help="smoke run: batch 16 (unless --batch), tiny eval sets")
+    return parser
+
+
+def root(args: argparse.Namespace, name: str) -> str:
+    return args.root or (f"runs/{name}_micro" if args.micro else f"runs/{name}")
+
+
+def batch(args: argparse.Namespace) -> int:
+    """The batch every run uses: --batch, 16 for --micro, else 0 (each config's own)."""
+    return args.batch or (16 if args.micro else 0)
 
 
 def run_config(spec: str, steps: int, batch: int, micro: bool):
