@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 from vlm_jax import decoding
 from vlm_jax.losses import generative
-from vlm_jax.models import layers
+from vlm_jax.models import layers, two_tower
 from vlm_jax.models.decoder import CausalBlock, CrossAttentionBlock
 from vlm_jax.models.two_tower import l2_normalize
 from vlm_jax.models.vit import ViT
@@ -222,14 +222,9 @@ class CoCa(nn.Module):
         self.unimodal = UnimodalDecoder(**self.text, pad_id=self.pad_id, **norms)
         self.multimodal_decoder = MultimodalDecoder(
             vocab_size=self.text["vocab_size"], **self.multimodal, **norms)
-        proj = lambda: nn.Dense(self.embed_dim, use_bias=False, dtype=self.dtype,
-                                kernel_init=layers.dense_init(("embed", "proj")))
-        self.image_proj, self.text_proj = proj(), proj()
-        self.log_scale = self.param(
-            "logit_scale", nn.initializers.constant(self.logit_scale_init), ())
-        if self.logit_bias_init is not None:
-            self.logit_bias = self.param(
-                "logit_bias", nn.initializers.constant(self.logit_bias_init), ())
+        self.image_proj = two_tower.projection(self.embed_dim, self.dtype)
+        self.text_proj = two_tower.projection(self.embed_dim, self.dtype)
+        two_tower.add_logit_params(self)
 
     def encode_image(self, images: jax.Array):
         """images [B, S, S, 3] -> (image_emb [B, E], {"caption_tokens": [B, Q, D], "tokens"})."""
@@ -261,13 +256,8 @@ class CoCa(nn.Module):
     def __call__(self, images: jax.Array, text_tokens: jax.Array):
         image_emb, image_extras = self.encode_image(images)
         text_emb, text_extras = self.encode_text(text_tokens)  # one unimodal pass for both terms
-        extras = {
-            "logit_scale": jnp.minimum(jnp.exp(self.log_scale), self.max_logit_scale),
-            "caption_logits": self._multimodal_logits(
-                text_extras["tokens"], image_extras["caption_tokens"]),
-        }
-        if self.logit_bias_init is not None:
-            extras["logit_bias"] = self.logit_bias
+        extras = {**two_tower.logit_extras(self), "caption_logits": self._multimodal_logits(
+            text_extras["tokens"], image_extras["caption_tokens"])}
         return image_emb, text_emb, extras
 
     def init_cache(self, caption_tokens: jax.Array, max_len: int) -> dict:

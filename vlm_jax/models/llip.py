@@ -19,8 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vlm_jax.models import layers
-from vlm_jax.models.text import TextTransformer
+from vlm_jax.models import layers, two_tower
 from vlm_jax.models.two_tower import l2_normalize
 from vlm_jax.models.vit import ViT
 
@@ -105,20 +104,11 @@ class Llip(nn.Module):
             raise ValueError(f"Llip needs num_mixture_tokens >= 1, got {self.num_mixture_tokens}")
         self.image_tower = ViT(
             **self.image, num_extra_tokens=self.num_mixture_tokens, dtype=self.dtype)
-        self.text_tower = TextTransformer(**self.text, dtype=self.dtype)
-        proj = lambda name: nn.Dense(
-            self.embed_dim, use_bias=False, dtype=self.dtype,
-            kernel_init=layers.dense_init(("embed", "proj")), name=name,
-        )
-        self.image_proj, self.text_proj = proj("image_proj"), proj("text_proj")
+        self.text_tower = two_tower.build_text_tower(self.text, self.dtype)
+        self.image_proj = two_tower.projection(self.embed_dim, self.dtype)
+        self.text_proj = two_tower.projection(self.embed_dim, self.dtype)
         self.mixture_attention = MixtureAttention(self.embed_dim)
-        self.log_scale = self.param(
-            "logit_scale", nn.initializers.constant(self.logit_scale_init), ()
-        )
-        if self.logit_bias_init is not None:
-            self.logit_bias = self.param(
-                "logit_bias", nn.initializers.constant(self.logit_bias_init), ()
-            )
+        two_tower.add_logit_params(self)
 
     def encode_image(self, images: jax.Array):
         """The mixture [B, K, E] (not normalised: only h_{i|j} is), and the tower's extras."""
@@ -135,12 +125,7 @@ class Llip(nn.Module):
             mixture, text_emb, self.mixture_attention(), self.temperature)
 
     def __call__(self, images: jax.Array | None, text_tokens: jax.Array | None):
-        extras = {
-            "logit_scale": jnp.minimum(jnp.exp(self.log_scale), self.max_logit_scale),
-            "attention": self.mixture_attention(),
-        }
-        if self.logit_bias_init is not None:
-            extras["logit_bias"] = self.logit_bias
+        extras = {**two_tower.logit_extras(self), "attention": self.mixture_attention()}
         mixture = text_emb = None
         if images is not None:
             mixture, image_extras = self.encode_image(images)

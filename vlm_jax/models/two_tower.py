@@ -21,6 +21,43 @@ def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
     return x / jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True) + eps)
 
 
+# What the contrastive models (TwoTower, Llip, CoCa) build alike, called from their `setup`.
+
+
+def build_text_tower(text: dict[str, Any], dtype: jnp.dtype) -> nn.Module:
+    """The text tower `text` describes; `text["type"]` picks it from TEXT_TOWERS."""
+    text = dict(text)
+    text_type = text.pop("type", "transformer")
+    if text_type not in TEXT_TOWERS:
+        raise ValueError(f"text tower type {text_type!r} must be one of {sorted(TEXT_TOWERS)}")
+    return TEXT_TOWERS[text_type](**text, dtype=dtype)
+
+
+def projection(embed_dim: int, dtype: jnp.dtype, use_bias: bool = False) -> nn.Dense:
+    """A tower's linear map into the shared embedding space."""
+    return nn.Dense(embed_dim, use_bias=use_bias, dtype=dtype,
+                    kernel_init=layers.dense_init(("embed", "proj")),
+                    bias_init=layers.zeros_init(("proj",)))
+
+
+def add_logit_params(module: nn.Module) -> None:
+    """The learned log-scale t ("logit_scale") and, when `module.logit_bias_init` is set, the
+    bias b ("logit_bias"): top-level parameters, as the converters and param rules name them."""
+    module.log_scale = module.param(
+        "logit_scale", nn.initializers.constant(module.logit_scale_init), ())
+    if module.logit_bias_init is not None:
+        module.logit_bias = module.param(
+            "logit_bias", nn.initializers.constant(module.logit_bias_init), ())
+
+
+def logit_extras(module: nn.Module) -> dict[str, jax.Array]:
+    """{"logit_scale": exp(t) capped at `max_logit_scale`, "logit_bias": b when learned}."""
+    extras = {"logit_scale": jnp.minimum(jnp.exp(module.log_scale), module.max_logit_scale)}
+    if module.logit_bias_init is not None:
+        extras["logit_bias"] = module.logit_bias
+    return extras
+
+
 class TwoTower(nn.Module):
     """Returns `(image_emb [B, E], text_emb [B, E], extras)`, embeddings L2-normalised.
 
@@ -41,24 +78,10 @@ class TwoTower(nn.Module):
 
     def setup(self):
         self.image_tower = ViT(**self.image, dtype=self.dtype)
-        text = dict(self.text)
-        text_type = text.pop("type", "transformer")
-        if text_type not in TEXT_TOWERS:
-            raise ValueError(f"text tower type {text_type!r} must be one of {sorted(TEXT_TOWERS)}")
-        self.text_tower = TEXT_TOWERS[text_type](**text, dtype=self.dtype)
-        proj = lambda name: nn.Dense(
-            self.embed_dim, use_bias=self.proj_bias, dtype=self.dtype,
-            kernel_init=layers.dense_init(("embed", "proj")),
-            bias_init=layers.zeros_init(("proj",)), name=name,
-        )
-        self.image_proj, self.text_proj = proj("image_proj"), proj("text_proj")
-        self.log_scale = self.param(
-            "logit_scale", nn.initializers.constant(self.logit_scale_init), ()
-        )
-        if self.logit_bias_init is not None:
-            self.logit_bias = self.param(
-                "logit_bias", nn.initializers.constant(self.logit_bias_init), ()
-            )
+        self.text_tower = build_text_tower(self.text, self.dtype)
+        self.image_proj = projection(self.embed_dim, self.dtype, self.proj_bias)
+        self.text_proj = projection(self.embed_dim, self.dtype, self.proj_bias)
+        add_logit_params(self)
 
     def encode_image(self, images: jax.Array):
         pooled, extras = self.image_tower(images)
@@ -69,9 +92,7 @@ class TwoTower(nn.Module):
         return l2_normalize(self.text_proj(pooled).astype(jnp.float32)), extras
 
     def __call__(self, images: jax.Array | None, text_tokens: jax.Array | None):
-        extras = {"logit_scale": jnp.minimum(jnp.exp(self.log_scale), self.max_logit_scale)}
-        if self.logit_bias_init is not None:
-            extras["logit_bias"] = self.logit_bias
+        extras = logit_extras(self)
         image_emb = text_emb = None
         if images is not None:
             image_emb, image_extras = self.encode_image(images)
