@@ -184,3 +184,21 @@ def test_evals_run_on_the_llip_scorer(trained):
     results = evals.run_evals(["zeroshot", "retrieval", "compositional"], scorer, eval_config)
     assert results and all(np.isfinite(v) for v in results.values())
     assert any(k.startswith("zeroshot/") for k in results)
+
+
+def test_llip_takes_a_bert_text_tower():
+    """`model.text.type = "bert"` (e.g. MiniLM) works for Llip as for TwoTower."""
+    from configs import common
+
+    config = _tiny_config()
+    config.model.text = common.tower("", type="bert", width=32, depth=1, num_heads=2,
+                                     mlp_dim=64, max_len=16, pool="mean", pad_id=0)
+    model = models.build_model(config.model, 64)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
+    tokens = rng.integers(1, 64, (2, 8)).astype(np.int32)
+    variables = model.init(jax.random.PRNGKey(0), images, tokens)
+    assert "type_embedding" in nn.unbox(variables)["params"]["text_tower"]  # BERT's
+    mixture, text_emb, _ = model.apply(variables, images, tokens)
+    assert mixture.shape == (2, 3, 32)
+    np.testing.assert_allclose(np.linalg.norm(text_emb, axis=1), 1.0, rtol=1e-5)
