@@ -24,6 +24,20 @@ SHARDING_RULES = (
 )
 
 
+def data_config(**overrides) -> ml_collections.ConfigDict:
+    """`config.data`: where examples come from and how they become batches."""
+    return ml_collections.ConfigDict(dict(
+        source="world",  # world | array_record | tfds
+        image_size=32, text_length=24, world_seed=0,
+        tokenizer="world",  # "world" (SentencePiece trained on the world, cached) or a .model path
+        vocab_size=256,
+        array_record_pattern="", tfds_name="", tfds_data_dir="", tfds_split="train",
+        image_key="image", caption_key="caption",
+        shuffle=True, flip=False,  # a flip also swaps "left"/"right" in the caption
+        workers=0, prefetch=2,
+    ) | overrides)
+
+
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.trainer = "contrastive"
@@ -54,16 +68,7 @@ def base_config() -> ml_collections.ConfigDict:
     # parameter is an error. E.g. (("image_tower/.*", "freeze"), ("text_tower/.*", "lr=0.1")).
     c.optim.param_rules = ()
 
-    c.data = ml_collections.ConfigDict(dict(
-        source="world",  # world | array_record | tfds
-        image_size=32, text_length=24, world_seed=0,
-        tokenizer="world",  # "world" (SentencePiece trained on the world, cached) or a .model path
-        vocab_size=256,
-        array_record_pattern="", tfds_name="", tfds_data_dir="", tfds_split="train",
-        image_key="image", caption_key="caption",
-        shuffle=True, flip=False,  # a flip also swaps "left"/"right" in the caption
-        workers=0, prefetch=2,
-    ))
+    c.data = data_config()
 
     c.evals = ml_collections.ConfigDict(dict(
         names=("zeroshot", "retrieval", "compositional"),

@@ -1,9 +1,7 @@
 """The contrastive report: its run plan, its Markdown from given results, and (slow) the whole
 script on micro settings."""
 
-import json
 import os
-import subprocess
 import sys
 
 import pytest
@@ -12,8 +10,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 import contrastive_report  # noqa: E402
-
-reports = contrastive_report.reports
 
 
 def test_plan_puts_siglip_beside_lit_at_equal_steps():
@@ -55,20 +51,9 @@ def test_markdown_puts_each_number_in_its_table():
 
 
 @pytest.mark.slow
-def test_micro_report_end_to_end(tmp_path):
-    out = tmp_path / "contrastive.md"
-    env = dict(os.environ, JAX_NUM_CPU_DEVICES="1")
-    env["XLA_FLAGS"] = env.get("XLA_FLAGS", "").replace(
-        "--xla_force_host_platform_device_count=8", "")
-    root = os.path.relpath(tmp_path / "runs", ROOT)
-    command = [sys.executable, "benchmarks/contrastive_report.py", "--micro", "--steps=2",
-               f"--root={root}", f"--out={out}"]
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
-    page = out.read_text()
+def test_micro_report_end_to_end(run_micro_report):
+    page, results = run_micro_report("contrastive_report.py")
     assert "| LiT MiniLM (2 × 16) |" in page and "| Llip tiny (2 × 16) |" in page
-    results = json.loads((tmp_path / "runs" / "report_results.json").read_text())
     assert set(results) == {"siglip_tiny", "llip_tiny", "lit_minilm"}
     for result in results.values():
         assert 0.0 <= result["zeroshot/single_object/top1"] <= 1.0

@@ -1,9 +1,7 @@
 """The generative report: its Markdown from given results, and (slow) the whole script on
 micro settings: train both runs a few steps, evaluate the restored checkpoints, write the page."""
 
-import json
 import os
-import subprocess
 import sys
 
 import pytest
@@ -49,25 +47,12 @@ def test_run_config_applies_steps_batch_and_micro_sizes():
 
 
 @pytest.mark.slow
-def test_micro_report_end_to_end(tmp_path):
-    out = tmp_path / "generative.md"
-    env = dict(os.environ, JAX_NUM_CPU_DEVICES="1")
-    env["XLA_FLAGS"] = env.get("XLA_FLAGS", "").replace(
-        "--xla_force_host_platform_device_count=8", "")
-    root = os.path.relpath(tmp_path / "runs", ROOT)  # relative, as a user would type it
-    command = [sys.executable, "benchmarks/generative_report.py", "--micro", "--steps=2",
-               f"--root={root}", f"--out={out}", "--samples=2"]
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
-    page = out.read_text()
+def test_micro_report_end_to_end(run_micro_report):
+    page, results = run_micro_report("generative_report.py", "--samples=2")
     assert "| CIDEr-D | " in page and "| overall | " in page
-    results = json.loads((tmp_path / "runs" / "report_results.json").read_text())
     assert "captioning/val/cider" in results["coca_tiny"]
     assert "zeroshot/single_object/top1" in results["siglip_tiny"]
     # A second call reuses both runs (no training) and gives the same numbers.
-    again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
-                           timeout=900)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert out.read_text().count("reused the finished run") == 2
-    assert json.loads((tmp_path / "runs" / "report_results.json").read_text()) == results
+    page, again = run_micro_report("generative_report.py", "--samples=2")
+    assert page.count("reused the finished run") == 2
+    assert again == results

@@ -6,6 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from configs import common
 from vlm_jax.data.pipeline import (
     fit_image,
     make_train_dataset,
@@ -23,12 +24,8 @@ from vlm_jax.data.world import World
 
 
 def data_config(**overrides) -> ml_collections.ConfigDict:
-    fields = dict(
-        source="world", image_size=8, text_length=8, world_seed=0, array_record_pattern="",
-        tfds_name="", tfds_data_dir="", tfds_split="train", image_key="image",
-        caption_key="caption", shuffle=True, flip=False, workers=0, prefetch=2,
-    )
-    return ml_collections.ConfigDict({**fields, **overrides})
+    """The configs' data fields at test sizes (8 px images, 8 tokens), with `overrides`."""
+    return common.data_config(**{"image_size": 8, "text_length": 8, **overrides})
 
 
 def fake_example(index: int, size: int = 8) -> dict:

@@ -9,6 +9,7 @@ import pytest
 import tensorflow_datasets as tfds
 from array_record.python.array_record_module import ArrayRecordWriter
 
+from configs import common
 from vlm_jax.data.pipeline import make_train_dataset
 from vlm_jax.data.sources import (
     ArrayRecordSource,
@@ -24,12 +25,8 @@ from vlm_jax.data.world import World
 
 
 def data_config(**overrides) -> ml_collections.ConfigDict:
-    fields = dict(
-        source="world", image_size=8, text_length=8, world_seed=0, array_record_pattern="",
-        tfds_name="", tfds_data_dir="", tfds_split="train", image_key="image",
-        caption_key="caption", shuffle=True, flip=False, workers=0, prefetch=2,
-    )
-    return ml_collections.ConfigDict({**fields, **overrides})
+    """The configs' data fields at test sizes (8 px images, 8 tokens), with `overrides`."""
+    return common.data_config(**{"image_size": 8, "text_length": 8, **overrides})
 
 
 def example(index: int, size: int = 8) -> dict:
