@@ -21,7 +21,6 @@ def convert(config: dict, weights: Weights) -> tuple[dict, dict]:
     text_config = {**TEXT_DEFAULTS, **config.get("text_config", {})}
     vision_config = {**VISION_DEFAULTS, **config.get("vision_config", {})}
     image_heads = vision_config["num_attention_heads"]
-    text_heads = text_config["num_attention_heads"]
 
     positions = weights.take("vision_model.embeddings.position_embedding.weight")  # [N+1, D]
     image_tower = {
@@ -34,14 +33,7 @@ def convert(config: dict, weights: Weights) -> tuple[dict, dict]:
         "encoder": tl.pre_norm_encoder(weights, "vision_model.encoder",
                                        "vision_model.post_layernorm", image_heads),
     }
-    text_positions = weights.take("text_model.embeddings.position_embedding.weight")
-    text_tower = {
-        "token_embedding": {
-            "embedding": weights.take("text_model.embeddings.token_embedding.weight")},
-        "pos_embedding": text_positions,
-        "encoder": tl.pre_norm_encoder(weights, "text_model.encoder",
-                                       "text_model.final_layer_norm", text_heads),
-    }
+    text_tower, text = tl.hf_text_tower(weights, text_config, causal=True, pad_id=0)
     params = {
         "image_tower": image_tower,
         "text_tower": text_tower,
@@ -56,13 +48,6 @@ def convert(config: dict, weights: Weights) -> tuple[dict, dict]:
         patch_size=kernel.shape[0], pool="cls", pre_norm=True,
         ln_eps=vision_config["layer_norm_eps"],
         activation=tl.activation(vision_config["hidden_act"]),
-    )
-    text = dict(
-        variant="", width=text_positions.shape[1], depth=len(text_tower["encoder"]) - 1,
-        num_heads=text_heads,
-        mlp_dim=text_tower["encoder"]["block0"]["mlp"]["Dense_0"]["kernel"].shape[1],
-        max_len=text_positions.shape[0], causal=True, pool="eos", pad_id=0,
-        ln_eps=text_config["layer_norm_eps"], activation=tl.activation(text_config["hidden_act"]),
     )
     model = dict(
         name="two_tower", embed_dim=params["image_proj"]["kernel"].shape[1],

@@ -42,7 +42,6 @@ def convert(config: dict, weights: Weights) -> tuple[dict, dict]:
         raise ValueError("SigLIP checkpoints without the attention-pooling head "
                          "(vision_use_head=false) are not supported")
     image_heads = vision_config["num_attention_heads"]
-    text_heads = text_config["num_attention_heads"]
 
     image_tower = {
         "embedding": tl.patch_embedding(weights, "vision_model.embeddings.patch_embedding"),
@@ -51,14 +50,7 @@ def convert(config: dict, weights: Weights) -> tuple[dict, dict]:
                                        "vision_model.post_layernorm", image_heads),
         "map": _map_head(weights, "vision_model.head", image_heads),
     }
-    text_positions = weights.take("text_model.embeddings.position_embedding.weight")
-    text_tower = {
-        "token_embedding": {
-            "embedding": weights.take("text_model.embeddings.token_embedding.weight")},
-        "pos_embedding": text_positions,
-        "encoder": tl.pre_norm_encoder(weights, "text_model.encoder",
-                                       "text_model.final_layer_norm", text_heads),
-    }
+    text_tower, text = tl.hf_text_tower(weights, text_config, causal=False, pad_id=-1)
     text_proj = tl.dense(weights, "text_model.head")
     width = image_tower["pos_embedding"].shape[2]
     if text_proj["kernel"].shape[1] != width:
@@ -79,13 +71,6 @@ def convert(config: dict, weights: Weights) -> tuple[dict, dict]:
         patch_size=image_tower["embedding"]["kernel"].shape[0], pool="map", pre_norm=False,
         ln_eps=vision_config["layer_norm_eps"],
         activation=tl.activation(vision_config["hidden_act"]),
-    )
-    text = dict(
-        variant="", width=text_positions.shape[1], depth=len(text_tower["encoder"]) - 1,
-        num_heads=text_heads,
-        mlp_dim=text_tower["encoder"]["block0"]["mlp"]["Dense_0"]["kernel"].shape[1],
-        max_len=text_positions.shape[0], causal=False, pool="eos", pad_id=-1,
-        ln_eps=text_config["layer_norm_eps"], activation=tl.activation(text_config["hidden_act"]),
     )
     model = dict(
         name="two_tower", embed_dim=width,

@@ -126,3 +126,26 @@ def pre_norm_encoder(weights: Weights, prefix: str, final_norm: str, num_heads: 
         }
     encoder["norm"] = layer_norm(weights, final_norm)
     return encoder
+
+
+def hf_text_tower(weights: Weights, text_config: dict, *, causal: bool,
+                  pad_id: int) -> tuple[dict, dict]:
+    """A Hugging Face CLIP or SigLIP `text_model` (pre-norm stack + final_layer_norm, pooled
+    at the end token) as our TextTransformer: (its params, its `model.text` config)."""
+    num_heads = text_config["num_attention_heads"]
+    positions = weights.take("text_model.embeddings.position_embedding.weight")
+    params = {
+        "token_embedding": {
+            "embedding": weights.take("text_model.embeddings.token_embedding.weight")},
+        "pos_embedding": positions,
+        "encoder": pre_norm_encoder(weights, "text_model.encoder",
+                                    "text_model.final_layer_norm", num_heads),
+    }
+    config = dict(
+        variant="", width=positions.shape[1], depth=len(params["encoder"]) - 1,
+        num_heads=num_heads,
+        mlp_dim=params["encoder"]["block0"]["mlp"]["Dense_0"]["kernel"].shape[1],
+        max_len=positions.shape[0], causal=causal, pool="eos", pad_id=pad_id,
+        ln_eps=text_config["layer_norm_eps"], activation=activation(text_config["hidden_act"]),
+    )
+    return params, config
