@@ -126,11 +126,4 @@ class Llip(nn.Module):
 
     def __call__(self, images: jax.Array | None, text_tokens: jax.Array | None):
         extras = {**two_tower.logit_extras(self), "attention": self.mixture_attention()}
-        mixture = text_emb = None
-        if images is not None:
-            mixture, image_extras = self.encode_image(images)
-            extras["image/tokens"] = image_extras["tokens"]
-        if text_tokens is not None:
-            text_emb, text_extras = self.encode_text(text_tokens)
-            extras["text/tokens"] = text_extras["tokens"]
-        return mixture, text_emb, extras
+        return two_tower.encode_pairs(self, images, text_tokens, extras)  # mixture, text_emb

@@ -50,6 +50,20 @@ def add_logit_params(module: nn.Module) -> None:
             "logit_bias", nn.initializers.constant(module.logit_bias_init), ())
 
 
+def encode_pairs(module: nn.Module, images: jax.Array | None, text_tokens: jax.Array | None,
+                 extras: dict[str, jax.Array]):
+    """(module.encode_image(images), module.encode_text(text_tokens), extras + both towers'
+    tokens); either input may be None, and so is its output then."""
+    image_out = text_emb = None
+    if images is not None:
+        image_out, image_extras = module.encode_image(images)
+        extras["image/tokens"] = image_extras["tokens"]
+    if text_tokens is not None:
+        text_emb, text_extras = module.encode_text(text_tokens)
+        extras["text/tokens"] = text_extras["tokens"]
+    return image_out, text_emb, extras
+
+
 def logit_extras(module: nn.Module) -> dict[str, jax.Array]:
     """{"logit_scale": exp(t) capped at `max_logit_scale`, "logit_bias": b when learned}."""
     extras = {"logit_scale": jnp.minimum(jnp.exp(module.log_scale), module.max_logit_scale)}
@@ -92,12 +106,4 @@ class TwoTower(nn.Module):
         return l2_normalize(self.text_proj(pooled).astype(jnp.float32)), extras
 
     def __call__(self, images: jax.Array | None, text_tokens: jax.Array | None):
-        extras = logit_extras(self)
-        image_emb = text_emb = None
-        if images is not None:
-            image_emb, image_extras = self.encode_image(images)
-            extras["image/tokens"] = image_extras["tokens"]
-        if text_tokens is not None:
-            text_emb, text_extras = self.encode_text(text_tokens)
-            extras["text/tokens"] = text_extras["tokens"]
-        return image_emb, text_emb, extras
+        return encode_pairs(self, images, text_tokens, logit_extras(self))
