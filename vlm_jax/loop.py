@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vlm_jax import checkpoint, convert, evals, init_from, models, optim, parallel, trainers
+from vlm_jax import checkpoint, evals, init_from, models, optim, parallel, trainers
 from vlm_jax.data import pipeline
 from vlm_jax.data import tokenizer as tokenizers
 from vlm_jax.metrics import MetricWriter, Progress
@@ -29,13 +29,10 @@ class NonFiniteLossError(FloatingPointError):
     """The loss became NaN/inf; the message names the step and the checkpoint kept."""
 
 
-def load_tokenizer(data_config: ml_collections.ConfigDict) -> tokenizers.Tokenizer:
-    """"world" trains (once, cached) a SentencePiece model on the synthetic world's captions."""
-    if data_config.tokenizer == "world":
-        return tokenizers.world_tokenizer(vocab_size=data_config.vocab_size)
-    if convert.is_json_tokenizer(data_config.tokenizer):  # tokenizer.json or "minilm"
-        return convert.load_json_tokenizer(data_config.tokenizer)
-    return tokenizers.load_tokenizer(data_config.tokenizer)
+def load_tokenizer(data_config: ml_collections.ConfigDict):
+    """The run's tokenizer (vlm_jax.data.tokenizer.load_tokenizer: "world", a .model path, a
+    tokenizer.json or "minilm", with the specials and pad token data_config adds)."""
+    return tokenizers.load_tokenizer(data_config)
 
 
 def check_workdir(workdir: str, config: ml_collections.ConfigDict, tokenizer) -> None:
