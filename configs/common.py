@@ -29,8 +29,19 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
         source="world",  # world | array_record | tfds
         image_size=32, text_length=24, world_seed=0,
-        tokenizer="world",  # "world" (SentencePiece trained on the world, cached) or a .model path
+        # "world" (SentencePiece trained on the world, cached), a .model path, a tokenizer.json
+        # path or "minilm"; vocab_size is the world tokenizer's base size (specials come after).
+        tokenizer="world",
         vocab_size=256,
+        # Added tokens after the base vocabulary (e.g. "[MASK]"); image_codes adds <img_0>..;
+        # pad_token ("" = the tokenizer's own) may name any token, an added one included.
+        special_tokens=(), image_codes=0, pad_token="",
+        # What a batch holds (vlm_jax/data/formats.py): caption | prefix_lm | interleaved |
+        # image_only | text_only; mixture, e.g. (("caption", 0.7), ("prefix_lm", 0.3)),
+        # draws each example's format by weight instead (batches then carry format_id).
+        format="caption", mixture=(),
+        caption_prompt="describe the picture.",  # prefix_lm prompt of sources without questions
+        max_images=2, image_tokens=1,  # interleaved: images per document, placeholders per image
         array_record_pattern="", tfds_name="", tfds_data_dir="", tfds_split="train",
         image_key="image", caption_key="caption",
         shuffle=True, flip=False,  # a flip also swaps "left"/"right" in the caption

@@ -16,9 +16,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
-from vlm_jax import checkpoint, convert, evals, init_from, models, optim, parallel, trainers
+from vlm_jax import checkpoint, evals, init_from, models, optim, parallel, trainers
 from vlm_jax.data import pipeline
+from vlm_jax.data import resume as data_resume
 from vlm_jax.data import tokenizer as tokenizers
 from vlm_jax.metrics import MetricWriter, Progress
 from vlm_jax.preemption import PreemptionWatch
@@ -29,13 +31,10 @@ class NonFiniteLossError(FloatingPointError):
     """The loss became NaN/inf; the message names the step and the checkpoint kept."""
 
 
-def load_tokenizer(data_config: ml_collections.ConfigDict) -> tokenizers.Tokenizer:
-    """"world" trains (once, cached) a SentencePiece model on the synthetic world's captions."""
-    if data_config.tokenizer == "world":
-        return tokenizers.world_tokenizer(vocab_size=data_config.vocab_size)
-    if convert.is_json_tokenizer(data_config.tokenizer):  # tokenizer.json or "minilm"
-        return convert.load_json_tokenizer(data_config.tokenizer)
-    return tokenizers.load_tokenizer(data_config.tokenizer)
+def load_tokenizer(data_config: ml_collections.ConfigDict):
+    """The run's tokenizer (vlm_jax.data.tokenizer.load_tokenizer: "world", a .model path, a
+    tokenizer.json or "minilm", with the specials and pad token data_config adds)."""
+    return tokenizers.load_tokenizer(data_config)
 
 
 def check_workdir(workdir: str, config: ml_collections.ConfigDict, tokenizer) -> None:
@@ -71,24 +70,30 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
           f"{jax.process_count()} process(es)")
 
     ckpt = checkpoint.Checkpointer(workdir, config.keep_checkpoints)
-    data_iter = pipeline.make_train_iterator(
-        config.data, tokenizer, config.batch_size, seed=config.seed,
-        process_index=jax.process_index(), process_count=jax.process_count())
+    run_record = data_resume.run_record(config.data, config.batch_size, config.seed,
+                                        jax.process_count())
     start_step, corrupt_records = 0, 0
     if (latest := ckpt.latest_step()) is not None:
         state, data_state = ckpt.restore(latest, abstract_state)
-        data_iter.set_state(data_state["iterator"])
+        # The data position is a function of the step: any process count resumes exactly.
+        if note := data_resume.check_resume(data_state, run_record, latest):
+            print(note)
         start_step, corrupt_records = latest, data_state["corrupt_records"]
         print(f"resumed from {ckpt.directory} at step {latest}")
     elif config.get("init_from"):  # a fresh run starts from saved or imported weights
         state = init_from.load_into(state, config.init_from, config.get("init_from_regex", ".*"))
+    data_iter = pipeline.make_train_iterator(
+        config.data, tokenizer, config.batch_size, seed=config.seed,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        start_step=start_step)
+    local_corrupt = 0  # this process's failed decodes since start_step
 
     writer = MetricWriter(workdir, resume_step=start_step)
     progress = Progress(config.total_steps, config.batch_size, start_step)
     preemption, preempted = PreemptionWatch(), False
     for step in range(start_step + 1, config.total_steps + 1):
         local_batch = next(data_iter)
-        corrupt_records += int(np.sum(local_batch.pop("num_corrupt")))
+        local_corrupt += int(np.sum(local_batch.pop("num_corrupt")))
         with nn.logical_axis_rules(rules):
             state, metrics = train_step(state, parallel.global_batch(local_batch, mesh))
         is_last = step == config.total_steps
@@ -102,12 +107,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                     f"loss is {scalars['train/loss']} at step {step}; the last checkpoint "
                     f"(step {ckpt.latest_step()}) is kept. Lower optim.lr or raise "
                     "optim.warmup_steps, then rerun with the same --workdir to resume")
-            scalars["data/corrupt_records"] = corrupt_records
+            # Every process reaches the log points: the sum over all of them is a collective.
+            total_corrupt = corrupt_records + _sum_over_processes(local_corrupt)
+            scalars["data/corrupt_records"] = total_corrupt
             writer.write(step, scalars)
             print(progress.line(step, scalars["train/loss"]), flush=True)
         if save_now:
-            data_state = {"iterator": data_iter.get_state(), "corrupt_records": corrupt_records}
-            ckpt.save(step, state, data_state)
+            ckpt.save(step, state, data_resume.data_state(step, run_record, total_corrupt))
         if preempted:
             break
         if config.eval_every and step % config.eval_every == 0 and not is_last:
@@ -162,6 +168,13 @@ def run_evals(trainer, model, state, tokenizer, mesh, config) -> dict[str, float
     results = evals.run_evals(config.evals.names, scorer, config.evals, caption_model)
     print(f"evaluated {len(results)} metrics in {time.perf_counter() - started:.1f}s")
     return results
+
+
+def _sum_over_processes(count: int) -> int:
+    """The sum of an int over all processes (the count itself on one process)."""
+    if jax.process_count() == 1:
+        return count
+    return int(np.sum(multihost_utils.process_allgather(np.int64(count))))
 
 
 def _count(params) -> int:

@@ -36,8 +36,11 @@ def test_encode_pads_with_zero_and_ends_every_row_with_the_end_token(tmp_path):
 def test_bad_input_gets_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         JsonTokenizer(tmp_path / "missing.json")
-    with pytest.raises(ValueError, match="pads with id 3"):
-        JsonTokenizer(_write(tmp_path / "pad3.json", ("[UNK]", "[CLS]", "[SEP]", "[PAD]")))
+    # A pad id other than 0 is the file's own: padding uses it.
+    pad3 = JsonTokenizer(_write(tmp_path / "pad3.json", ("[UNK]", "[CLS]", "[SEP]", "[PAD]")))
+    assert pad3.pad_id == 3
+    np.testing.assert_array_equal(pad3.encode(["red"], 5), [[1, 4, 2, 3, 3]])
+    assert pad3.decode(np.array([[1, 4, 2, 3, 3]])) == ["red"]
     tokenizer = JsonTokenizer(_write(tmp_path / "tokenizer.json"))
     with pytest.raises(TypeError, match="wrap a single text"):
         tokenizer.encode("red", 4)

@@ -164,6 +164,8 @@ def test_tfds_source_errors(tfds_dir):
 
 def test_tfds_source_feeds_the_pipeline(tfds_dir):
     class Tokenizer:
+        pad_id = 0
+
         def encode(self, texts, max_len):
             return np.array([[int(t.split()[-1]) + 2, 1] + [0] * (max_len - 2) for t in texts],
                             np.int32)

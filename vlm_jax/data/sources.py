@@ -1,7 +1,9 @@
 """Random-access example sources: the synthetic world, ArrayRecord files, TFDS datasets.
 
 Every source has `len(source)` and `source[index] -> {"image": uint8 [H, W, C], "caption": str}`.
-A record that cannot be decoded raises `CorruptRecordError`, which the pipeline skips and counts.
+A record that cannot be decoded raises `CorruptRecordError`, which the pipeline replaces (by a
+fallback drawn from its position) and counts. A source may also offer `question_answer(index)`
+and `document(index, max_images)` (the world does) for prefix_lm and interleaved batches.
 """
 
 from __future__ import annotations
@@ -43,6 +45,14 @@ class WorldSource:
     def __getitem__(self, index: int) -> dict[str, Any]:
         example = self.world[index]
         return {"image": example["image"], "caption": example["caption"]}
+
+    def question_answer(self, index: int) -> tuple[str, str]:
+        """The world's question about example `index` (prefix_lm batches)."""
+        return self.world.question_answer(index)
+
+    def document(self, index: int, max_images: int) -> dict[str, Any]:
+        """The world's interleaved document at `index` (interleaved batches)."""
+        return self.world.document(index, max_images)
 
     def __repr__(self) -> str:
         return f"WorldSource({self.world!r})"

@@ -1,6 +1,8 @@
-"""SentencePiece tokenizer: trained on the world's sentences and cached on disk, or loaded.
+"""Tokenizers: the SentencePiece one (trained on the world's sentences and cached, or loaded),
+and `load_tokenizer(data_config)`, the one entry point that picks any tokenizer from a config.
 
-Ids: pad 0 (so zero-filled arrays are padding), unk 1, bos 2, eos 3. Text is case-folded.
+World ids: pad 0 (so zero-filled arrays are padding), unk 1, bos 2, eos 3. Text is case-folded.
+Added special tokens, a nonzero pad id and the chat template come from tokenizer_base.py.
 """
 
 import hashlib
@@ -10,12 +12,19 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
+import ml_collections
 import sentencepiece as spm
 
 from vlm_jax.data import world
+from vlm_jax.data.tokenizer_base import TokenizerBase, check_texts, id_rows, pack_ids
+
+__all__ = ["BOS_ID", "EOS_ID", "IMAGE_SPECIALS", "PAD_ID", "UNK_ID", "Tokenizer", "check_texts",
+           "check_vocab", "id_rows", "image_code_tokens", "load_tokenizer", "pack_ids",
+           "world_tokenizer"]
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+# The tokens an interleaved document marks its images with: begin, placeholder(s), end.
+IMAGE_SPECIALS = ("<boi>", "<image>", "<eoi>")
 # Bump when the training corpus recipe or trainer settings change: cache names include it.
 TOKENIZER_VERSION = 1
 CACHE_ENV = "VLM_JAX_CACHE"
@@ -25,10 +34,10 @@ _NUM_QA = 1000
 _NUM_PROBES = 100
 
 
-class Tokenizer:
-    """Text <-> int32 token ids with a SentencePiece model."""
+class Tokenizer(TokenizerBase):
+    """Text <-> int32 token ids with a SentencePiece model (+ added specials, see the base)."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, specials: Sequence[str] = (), pad_token: str = ""):
         path = str(path)
         try:
             model_bytes = Path(path).read_bytes()
@@ -46,84 +55,75 @@ class Tokenizer:
                 f"{path} is not a readable SentencePiece model ({error}); delete it and remake "
                 "it with world_tokenizer(), or pass a valid .model file"
             ) from None
-        if self._sp.pad_id() != PAD_ID or self._sp.eos_id() < 0:
+        if self._sp.eos_id() < 0:
             raise ValueError(
-                f"{path} has pad_id={self._sp.pad_id()}, eos_id={self._sp.eos_id()}; vlm_jax needs "
-                f"pad_id={PAD_ID} (zero-filled arrays are padding) and an eos id: retrain with "
-                "SentencePieceTrainer.train(..., pad_id=0, eos_id=...)"
-            )
+                f"{path} has no eos id; vlm_jax ends every text with one: retrain with "
+                "SentencePieceTrainer.train(..., eos_id=...)")
         self.path = path
-        self.fingerprint = hashlib.sha256(model_bytes).hexdigest()[:16]
-        self.vocab_size = self._sp.get_piece_size()
-        self.pad_id, self.eos_id, self.bos_id = PAD_ID, self._sp.eos_id(), self._sp.bos_id()
+        self.base_fingerprint = hashlib.sha256(model_bytes).hexdigest()[:16]
+        self.base_vocab_size = self._sp.get_piece_size()
+        self.pad_id, self.eos_id, self.bos_id = (
+            self._sp.pad_id(), self._sp.eos_id(), self._sp.bos_id())
+        self._add_specials(specials, pad_token)
 
-    def __repr__(self) -> str:
-        return (f"Tokenizer(path={self.path!r}, vocab_size={self.vocab_size}, "
-                f"fingerprint={self.fingerprint!r})")
+    def _base_token_id(self, name: str) -> int | None:
+        token = self._sp.piece_to_id(name)
+        # piece_to_id answers unk for unknown pieces; only a real match counts.
+        return token if token != self._sp.unk_id() or name == self._sp.id_to_piece(token) else None
 
-    def encode(self, texts: Sequence[str], max_len: int) -> np.ndarray:
-        """int32 [N, max_len]: tokens then EOS, right-padded with pad_id; a text that does not
-        fit is truncated and still ends with EOS."""
-        pieces = self._sp.encode([str(t) for t in check_texts(texts, max_len)])
-        return pack_ids([ids + [self.eos_id] for ids in pieces], max_len, self.eos_id,
-                        self.pad_id)
+    def _default_pad_id(self) -> int:
+        return self._sp.pad_id()
 
-    def decode(self, ids: np.ndarray) -> list[str]:
-        """One text per row of int [N, L] (or [L]): stops at EOS, drops padding and BOS."""
-        texts = []
-        for row in id_rows(ids, self.vocab_size):
-            if self.eos_id in row:
-                row = row[: row.index(self.eos_id)]
-            texts.append(self._sp.decode([t for t in row if t not in (self.pad_id, self.bos_id)]))
-        return texts
+    def _piece_ids(self, texts: list[str]) -> list[list[int]]:
+        return self._sp.encode(texts)
+
+    def _decode_pieces(self, ids: list[int]) -> str:
+        return self._sp.decode(ids)
 
 
-def check_texts(texts: Sequence[str], max_len: int) -> Sequence[str]:
-    """`texts` if they can be encoded to `max_len` ids; TypeError/ValueError naming the fix."""
-    if isinstance(texts, str):
-        raise TypeError("encode takes a sequence of texts; wrap a single text as [text]")
-    if max_len < 1:
-        raise ValueError(f"max_len must be >= 1 (room for the end token); got {max_len}")
-    return texts
+def image_code_tokens(count: int) -> tuple[str, ...]:
+    """Names of `count` image-code tokens (a VQ tokenizer's codes as text ids): <img_0>, ..."""
+    return tuple(f"<img_{k}>" for k in range(count))
 
 
-def pack_ids(id_lists: Sequence[list[int]], max_len: int, eos_id: int, pad_id: int) -> np.ndarray:
-    """int32 [N, max_len] of id lists that end with `eos_id`, right-padded with `pad_id`; a
-    list that does not fit is truncated and still ends with `eos_id`."""
-    tokens = np.full((len(id_lists), max_len), pad_id, np.int32)  # [N, max_len]
-    for row, ids in zip(tokens, id_lists, strict=True):
-        if len(ids) > max_len:
-            ids = ids[: max_len - 1] + [eos_id]
-        row[: len(ids)] = ids
-    return tokens
+def config_specials(data_config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """The special tokens a data config adds, in a fixed order: those its formats need (image
+    markers for interleaved documents), then data.special_tokens, then data.image_codes codes."""
+    formats = [data_config.get("format", "caption")] + [
+        name for name, _ in data_config.get("mixture", ())]
+    needed = IMAGE_SPECIALS if "interleaved" in formats else ()
+    return tuple(dict.fromkeys((*needed, *data_config.get("special_tokens", ()),
+                                *image_code_tokens(data_config.get("image_codes", 0)))))
 
 
-def id_rows(ids: np.ndarray, vocab_size: int) -> list[list[int]]:
-    """Rows of int ids [N, L] (or one row [L]) as lists, checked to lie in the vocabulary."""
-    ids = np.asarray(ids)
-    if ids.ndim == 1:
-        ids = ids[None]
-    if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
-        raise ValueError(f"decode takes integer ids of shape [N, L]; got {ids.dtype} {ids.shape}")
-    if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
-        raise ValueError(f"ids must lie in [0, {vocab_size}); got range "
-                         f"[{ids.min()}, {ids.max()}]: was another vocabulary used?")
-    return ids.tolist()
+def load_tokenizer(spec) -> TokenizerBase:
+    """The tokenizer a data config names, with its added specials and pad token; or, given a
+    string, the tokenizer at that path ("x.model", "x/tokenizer.json", "minilm") as it is.
+
+    data.tokenizer: "world" (SentencePiece trained on the world, cached), a SentencePiece .model
+    path, a tokenizer.json path or a packaged model ("minilm").
+    """
+    from vlm_jax.data import json_tokenizer  # the `tokenizers` library, only when asked for
+
+    if isinstance(spec, str | os.PathLike):
+        name, specials, pad_token = str(spec), (), ""
+    else:
+        name, specials = spec.tokenizer, config_specials(spec)
+        pad_token = spec.get("pad_token", "")
+        if name == "world":
+            return world_tokenizer(spec.vocab_size, specials=specials, pad_token=pad_token)
+    if json_tokenizer.is_json_tokenizer(name):
+        return json_tokenizer.load_json_tokenizer(name, specials, pad_token)
+    return Tokenizer(name, specials, pad_token)
 
 
-def load_tokenizer(path: str) -> Tokenizer:
-    """The tokenizer in an existing SentencePiece .model file (FileNotFoundError if missing,
-    ValueError if unreadable or without pad_id 0 and an eos id)."""
-    return Tokenizer(path)
-
-
-def check_vocab(tokenizer: Tokenizer, vocab_size: int) -> None:
+def check_vocab(tokenizer: TokenizerBase, vocab_size: int) -> None:
     """Raise ValueError unless a model's vocab_size equals the tokenizer's."""
     if vocab_size != tokenizer.vocab_size:
         raise ValueError(
             f"model vocab_size={vocab_size} but tokenizer {tokenizer.path} has "
-            f"{tokenizer.vocab_size} ids; set the model's vocab_size to {tokenizer.vocab_size} "
-            f"or use world_tokenizer(vocab_size={vocab_size})"
+            f"{tokenizer.vocab_size} ids ({len(tokenizer.added_tokens)} added specials); set the "
+            f"model's vocab_size to {tokenizer.vocab_size} or use a matching tokenizer"
         )
 
 
@@ -190,9 +190,11 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "vlm_jax")
 
 
-def world_tokenizer(vocab_size: int = 256, cache_dir: str | None = None) -> Tokenizer:
-    """The world tokenizer with vocab_size ids, trained once (about a second) and cached in
-    cache_dir, $VLM_JAX_CACHE or ~/.cache/vlm_jax. Deterministic; safe when processes race."""
+def world_tokenizer(vocab_size: int = 256, cache_dir: str | None = None, *,
+                    specials: Sequence[str] = (), pad_token: str = "") -> Tokenizer:
+    """The world tokenizer with vocab_size base ids (+ `specials` after them), trained once
+    (about a second) and cached in cache_dir, $VLM_JAX_CACHE or ~/.cache/vlm_jax.
+    Deterministic; safe when processes race."""
     directory = Path(cache_dir) if cache_dir else default_cache_dir()
     name = f"world_bpe{vocab_size}_w{world.WORLD_VERSION}_t{TOKENIZER_VERSION}.model"
     path = directory / name
@@ -206,4 +208,4 @@ def world_tokenizer(vocab_size: int = 256, cache_dir: str | None = None) -> Toke
             handle.write(model)
         os.chmod(handle.name, 0o644)  # temp files are private; the cache is shareable
         os.replace(handle.name, path)
-    return load_tokenizer(str(path))
+    return Tokenizer(str(path), specials, pad_token)

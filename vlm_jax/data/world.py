@@ -29,6 +29,7 @@ from vlm_jax.data.world_text import (
     NUMBER_WORDS,
     QA_KINDS,
     ZEROSHOT_TEMPLATES,
+    compare_counts,
     describe,
     plural,
     question_answer,
@@ -50,6 +51,7 @@ PROBE_KINDS = ("relation", "attribute", "count")
 # SeedSequence ignores trailing zeros ([s, 1, 0] seeds the same as [s, 1]).
 _SPLIT_IDS = {"train": 1, "val": 2, "heldout": 3}
 _SCENE_STREAM, _RENDER_STREAM, _CAPTION_STREAM = 1, 2, 3
+_TRAIN_QA_STREAM, _DOC_STREAM = 4, 5
 _SINGLE_SET_STREAM, _PROBE_STREAM, _QA_STREAM = 11, 12, 13
 
 
@@ -118,6 +120,38 @@ class World:
         scene = self.scene(index)
         image = self._renderer.render(scene, self._rng(index, _RENDER_STREAM))
         return {"image": image, "caption": self.caption(scene, index), "index": index}
+
+    def question_answer(self, index: int) -> tuple[str, str]:
+        """A (question, answer) about example `index`'s scene; kinds cycle like qa_items'.
+
+        Random access, for instruction training (evals keep their own qa_items sets)."""
+        index = self._check_index(index)
+        scene, rng = self.scene(index), self._rng(index, _TRAIN_QA_STREAM)
+        for shift in range(len(QA_KINDS)):  # a kind the scene cannot answer passes to the next
+            kind = QA_KINDS[(index + shift) % len(QA_KINDS)]
+            if (qa := question_answer(scene, self.grid, kind, rng, self._pairs)) is not None:
+                return qa
+        raise AssertionError("colour and count questions exist for every scene")
+
+    def document(self, index: int, max_images: int) -> dict:
+        """An interleaved document: 1..max_images scenes, each followed by its caption, and,
+        with two or more, a sentence comparing the first and the last (true by construction).
+
+        {"images": [uint8 [S, S, 3]] * k, "texts": [caption] * k, "closing": str}; image 0 is
+        example `index` itself, the others come from the document's own random stream.
+        """
+        index = self._check_index(index)
+        rng = self._rng(index, _DOC_STREAM)
+        count = 1 + int(rng.integers(max_images))
+        first = self[index]
+        images, texts, scenes = [first["image"]], [first["caption"]], [self.scene(index)]
+        for _ in range(count - 1):
+            scene = sample_scene(rng, self.grid, self._pairs, self._required_pairs)
+            images.append(self._renderer.render(scene, rng))
+            texts.append(describe(scene, self.grid, rng))
+            scenes.append(scene)
+        closing = compare_counts(scenes[0], scenes[-1], count) if count > 1 else ""
+        return {"images": images, "texts": texts, "closing": closing}
 
 
 def single_object_set(

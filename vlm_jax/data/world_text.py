@@ -261,3 +261,14 @@ def question_answer(
             colour, shape = _pick(rng, absent)
         return f"is there a {colour} {shape}?", "yes" if (colour, shape) in present else "no"
     raise ValueError(f"unknown question kind {kind!r}; valid kinds: {QA_KINDS}")
+
+
+ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth")
+
+
+def compare_counts(first: Scene, last: Scene, count: int) -> str:
+    """A sentence comparing the object counts of a document's first and last (count-th) image."""
+    a, b = len(first.objects), len(last.objects)
+    relation = "more objects than" if a > b else "fewer objects than" if a < b else (
+        "as many objects as")
+    return f"the first picture has {relation} the {ORDINALS[count - 1]}."
