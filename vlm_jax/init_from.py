@@ -34,6 +34,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import jax
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -80,7 +81,8 @@ def parse_spec(spec) -> list[Entry] | None:
             raise InitFromError(
                 f"init_from {spec!r} starts with '{{' but is no dict literal; write it as "
                 "\"{'image_tower': 'runs/a:image_tower', 'text_tower': 'minilm'}\"") from None
-    pairs = list(spec.items()) if isinstance(spec, Mapping) else list(spec)
+    is_map = isinstance(spec, (Mapping, ml_collections.ConfigDict))  # ConfigDict: no Mapping
+    pairs = list(spec.items()) if is_map else list(spec)
     if not pairs:
         raise InitFromError("init_from is an empty map; give at least one "
                             "{'target/prefix': 'source'} entry, or '' for a fresh init")
@@ -161,20 +163,20 @@ def _match(entry: Entry, target: dict, shapes: dict, regex: str) -> dict[str, st
     in_source = [p for p in shapes if _under(p, prefix)]
     if not in_source:
         raise InitFromError(
-            f"init_from entry {entry}: {entry.source} has no parameter under {prefix!r}; its "
+            f"init_from entry {entry}: the source has no parameter under {prefix!r}; its "
             f"top-level names are {_top_names(shapes)}; write source:prefix with one of them")
     pairs = {p: _rebase(p, entry.target, prefix) for p in covered}
     missing = [f"{t} (source {s})" for t, s in pairs.items() if s not in shapes]
     if missing:
         raise InitFromError(
-            f"init_from entry {entry}: {entry.source} lacks {len(missing)} of the "
+            f"init_from entry {entry}: the source lacks {len(missing)} of the "
             f"{len(pairs)} model parameters under {entry.target!r}: {', '.join(missing[:4])}"
             f"{' ...' if len(missing) > 4 else ''}; map a narrower prefix or another source")
     mapped = set(pairs.values())
     extra = [s for s in in_source if s not in mapped]
     if extra:
         raise InitFromError(
-            f"init_from entry {entry}: {entry.source} has {len(extra)} parameters under "
+            f"init_from entry {entry}: the source has {len(extra)} parameters under "
             f"{prefix!r} that the model lacks under {entry.target!r}: {', '.join(extra[:4])}"
             f"{' ...' if len(extra) > 4 else ''}; set the model config to the source's sizes "
             "or map a narrower prefix")
