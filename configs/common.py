@@ -63,7 +63,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_every = 0  # 0: evaluate at the end only
     # Start a fresh run from saved or imported weights (vlm_jax/init_from.py): a converter
     # output (python -m vlm_jax.convert), a workdir, a Hugging Face directory or "minilm";
-    # init_from_regex picks which parameters ("/"-joined paths) are loaded.
+    # init_from_regex picks which parameters ("/"-joined paths) are loaded. Or a map from
+    # parameter prefix to "source[:source prefix]", written as a dict literal (this field is a
+    # string, so the map survives --config.init_from=... and config.json), e.g.
+    # str({"image_tower": "runs/siglip_tiny:image_tower", "text_tower": "minilm"}).
     c.init_from = ""
     c.init_from_regex = ".*"
 

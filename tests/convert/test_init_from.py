@@ -1,65 +1,33 @@
 """config.init_from: converted, Hugging Face and workdir sources, loaded by regex into a sharded
 train state; wrong sources and regexes are clear errors."""
 
-import functools
 import json
 
-import flax.linen as nn
-import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from parity import FIXTURES, max_abs_diffs
+from states import model_config, sharded_state
 
 from configs import common
-from vlm_jax import checkpoint, loop, models, parallel
+from vlm_jax import checkpoint, loop
 from vlm_jax.convert import cli, convert_hf, flatten
 from vlm_jax.init_from import InitFromError, load_into
-from vlm_jax.train_state import TrainState
 
-RULES = common.SHARDING_RULES
 SIGLIP, BERT = FIXTURES / "siglip_tiny", FIXTURES / "bert_tiny"
-
-
-def _model_config(source) -> dict:
-    return convert_hf(str(source)).model
-
-
-def _state(model_config: dict, vocab_size: int = 64):
-    """A TwoTower train state sharded over 8 devices (embed split 4 ways by fsdp)."""
-    return _cached_state(json.dumps(model_config, sort_keys=True), vocab_size)
-
-
-@functools.cache  # one model trace per config: load_into returns a new state
-def _cached_state(model_config: str, vocab_size: int):
-    """Random params placed in the shardings a train state would give them (no init compile)."""
-    model = models.build_model(ml_collections.ConfigDict(json.loads(model_config)), vocab_size)
-    mesh = parallel.make_mesh(dict(data=2, fsdp=4, tensor=1))
-    init = lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3), jnp.uint8),
-                              jnp.zeros((1, 8), jnp.int32))["params"]
-    with nn.logical_axis_rules(RULES):
-        boxed = jax.eval_shape(init)
-    shardings = parallel.logical_shardings(boxed, mesh, RULES)
-    rng = np.random.default_rng(0)
-    params = jax.tree_util.tree_map(
-        lambda shape, sharding: jax.device_put(
-            rng.normal(size=shape.shape).astype(shape.dtype), sharding),
-        nn.unbox(boxed), shardings)
-    return model, TrainState(jnp.zeros((), jnp.int32), params, (), jax.random.PRNGKey(0))
 
 
 def _bert_two_tower() -> dict:
     """A small TwoTower whose text tower is the converted tiny BERT (the LiT + MiniLM shape)."""
     image = dict(variant="", width=32, depth=1, num_heads=4, mlp_dim=64, patch_size=8, pool="map")
     return dict(name="two_tower", embed_dim=16, logit_scale_init=1.0, logit_bias_init=None,
-                max_logit_scale=100.0, image=image, text=_model_config(BERT)["text"])
+                max_logit_scale=100.0, image=image, text=model_config(BERT)["text"])
 
 
 def test_converter_output_loads_one_tower_and_keeps_shardings(tmp_path):
     out = tmp_path / "siglip"
     assert cli.main([str(SIGLIP), str(out)]) == 0
-    _, state = _state(json.loads((out / "model_config.json").read_text())["model"])
+    _, state = sharded_state(json.loads((out / "model_config.json").read_text())["model"])
     loaded = load_into(state, str(out), "text_tower/.*")
     source = flatten(convert_hf(str(SIGLIP)).params)
     before, after = flatten(state.params), flatten(loaded.params)
@@ -73,7 +41,7 @@ def test_converter_output_loads_one_tower_and_keeps_shardings(tmp_path):
 
 
 def test_full_load_from_a_hugging_face_directory_reproduces_transformers():
-    model, state = _state(_model_config(SIGLIP))
+    model, state = sharded_state(model_config(SIGLIP))
     state = load_into(state, str(SIGLIP))
     expected = np.load(SIGLIP / "expected.npz")
     images = expected["pixel_values"].transpose(0, 2, 3, 1)
@@ -85,12 +53,12 @@ def test_full_load_from_a_hugging_face_directory_reproduces_transformers():
 
 
 def test_a_training_workdir_is_a_source(tmp_path):
-    _, trained = _state(_model_config(SIGLIP))
+    _, trained = sharded_state(model_config(SIGLIP))
     trained = load_into(trained, str(SIGLIP))
     saver = checkpoint.Checkpointer(str(tmp_path / "run"), async_save=False)
     saver.save(3, trained, {"iterator": {}, "corrupt_records": 0})
     saver.close()
-    _, fresh = _state(_model_config(SIGLIP))
+    _, fresh = sharded_state(model_config(SIGLIP))
     loaded = flatten(load_into(fresh, str(tmp_path / "run"), "image_tower/.*").params)
     for path, leaf in flatten(trained.params).items():
         reference = leaf if path.startswith("image_tower/") else flatten(fresh.params)[path]
@@ -98,7 +66,7 @@ def test_a_training_workdir_is_a_source(tmp_path):
 
 
 def test_bert_text_tower_loads_into_a_two_tower():
-    model, state = _state(_bert_two_tower())
+    model, state = sharded_state(_bert_two_tower())
     state = load_into(state, str(BERT), "text_tower/.*")
     expected = np.load(BERT / "expected.npz")
     pooled, _ = model.apply({"params": state.params}, expected["input_ids"].astype(np.int32),
@@ -113,7 +81,7 @@ def test_bert_text_tower_loads_into_a_two_tower():
     (FIXTURES, ".*", "neither a converter output"),
 ])
 def test_wrong_sources_and_regexes_are_clear_errors(source, regex, message):
-    _, state = _state(_model_config(SIGLIP))
+    _, state = sharded_state(model_config(SIGLIP))
     params = flatten(state.params)
     # A model with a longer text context than the checkpoint's 16 positions:
     params["text_tower/pos_embedding"] = jnp.zeros((32, 32))
@@ -138,7 +106,7 @@ def test_train_starts_from_init_from(tmp_path, capsys):
     """The loop hook: a fresh run loads the image tower; lr 0 keeps it through one step."""
     c = common.base_config()
     c.loss = dict(name="sigmoid")
-    c.model = _model_config(SIGLIP)
+    c.model = model_config(SIGLIP)
     c.model.text = common.tiny_tower(width=32, depth=1, num_heads=4, mlp_dim=64, max_len=16,
                                       causal=False, pool="eos")
     c.init_from, c.init_from_regex = str(SIGLIP), "image_tower/.*"
@@ -147,7 +115,7 @@ def test_train_starts_from_init_from(tmp_path, capsys):
     c.data.text_length, c.evals.names = 16, ()
     loop.train(c, str(tmp_path / "run"))
     assert "init_from" in capsys.readouterr().out
-    _, fresh = _state(dict(c.model.to_dict()), vocab_size=256)
+    _, fresh = sharded_state(dict(c.model.to_dict()), vocab_size=256)
     trained = flatten(load_into(fresh, str(tmp_path / "run"), "image_tower/.*").params)
     source = flatten(convert_hf(str(SIGLIP)).params)
     for path in (p for p in source if p.startswith("image_tower/")):
@@ -157,6 +125,6 @@ def test_train_starts_from_init_from(tmp_path, capsys):
 def test_an_unreadable_hugging_face_source_is_a_checkpoint_error(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "siglip"}))
     (tmp_path / "pytorch_model.bin").write_bytes(b"never unpickled")
-    _, state = _state(_model_config(SIGLIP))
+    _, state = sharded_state(model_config(SIGLIP))
     with pytest.raises(checkpoint.CheckpointMismatchError, match="never loads"):
         load_into(state, str(tmp_path))

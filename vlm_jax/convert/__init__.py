@@ -1,8 +1,9 @@
 """Importers of public checkpoints (Hugging Face safetensors) into our params.
 
-CLIP and SigLIP (both towers, projections, logit scale and bias) and BERT-family text encoders
-(MiniLM, ...). `python -m vlm_jax.convert SRC OUT` writes an orbax checkpoint that
-`config.init_from=OUT` starts training from; see vlm_jax/convert/cli.py.
+CLIP and SigLIP (both towers, projections, logit scale and bias, or one tower alone),
+BERT-family text encoders (MiniLM, ...) and Llama decoders (a plain named tree, hf_llama.py).
+`python -m vlm_jax.convert SRC OUT` writes an orbax checkpoint that `config.init_from=OUT` (or
+one entry of an init_from map) starts training from; see vlm_jax/convert/cli.py.
 """
 
 from vlm_jax.convert.hf import CONVERTERS, Converted, convert_hf, flatten, save_converted

