@@ -151,7 +151,7 @@ def run_evals(trainer, model, state, tokenizer, mesh, config) -> dict[str, float
         trainer, capability, model, state.params, tokenizer, mesh, config)
     caption_model = serve("captioner") if evals.needs_caption_model(config.evals.names) else None
     results = evals.run_evals(config.evals.names, serve("scorer"), config.evals, caption_model,
-                              judge=restore.clipscore_judge(config.evals))
+                              judge=restore.clipscore_judge(config.evals, config.evals.names))
     print(f"evaluated {len(results)} metrics in {time.perf_counter() - started:.1f}s")
     return results
 

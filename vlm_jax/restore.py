@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from vlm_jax import convert, init_from, models, parallel, trainers
+from vlm_jax import convert, evals, init_from, models, parallel, trainers
 from vlm_jax.data import tokenizer as tokenizers
 from vlm_jax.evals.caption_model import CaptionModel
 from vlm_jax.evals.scoring import Scorer
@@ -97,11 +97,12 @@ def restore_run(workdir: str) -> RestoredRun:
     return RestoredRun(config, trainer, model, restored.params, tokenizer, mesh)
 
 
-def clipscore_judge(eval_config) -> Scorer | None:
-    """The Scorer of the run in `eval_config.clipscore_workdir` (None when it is unset), which
-    `evals.run_evals(..., judge=...)` uses for CLIPScore."""
+def clipscore_judge(eval_config, names) -> Scorer | None:
+    """The Scorer of the run in `eval_config.clipscore_workdir`, which
+    `evals.run_evals(names, ..., judge=...)` uses for CLIPScore; None when that is unset or
+    the evals `names` do not caption."""
     workdir = eval_config.get("clipscore_workdir", "")
-    if not workdir:
+    if not workdir or "captioning" not in evals.capabilities_needed(names, eval_config):
         return None
     judge = restore_run(workdir).scorer()
     if judge is None:

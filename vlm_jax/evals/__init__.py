@@ -148,7 +148,7 @@ def run_evals(
     if "captioning" in names and eval_config.get("clipscore_workdir", "") and judge is None:
         raise ValueError(f"evals.clipscore_workdir={eval_config.clipscore_workdir!r} names the "
                          "CLIPScore judge, but no judge was passed: pass "
-                         "judge=vlm_jax.restore.clipscore_judge(eval_config)")
+                         "judge=vlm_jax.restore.clipscore_judge(eval_config, names)")
     _check_eval_config(eval_config)
     results = {}
     for name in dict.fromkeys(names):  # each eval once, in the order given
