@@ -84,14 +84,11 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.data = data_config()
 
-    c.evals = ml_collections.ConfigDict(dict(
-        names=("zeroshot", "retrieval", "compositional"),
-        batch_size=256, zeroshot_size=1000, retrieval_size=1000, probe_size=200, seed=0,
-    ))
+    # Every eval field and its default (vlm_jax/evals/__init__.py, the one place they live):
+    # names, sizes, seed, clipscore_workdir, and the dataset specs evals.zeroshot / retrieval /
+    # captioning (vlm_jax/evals/datasets.py: the world, or ArrayRecord / TFDS data).
+    c.evals = evals.default_eval_config()
     c.evals.image_size = c.data.get_ref("image_size")
-    # Fields of the generative evals (captioning, vqa, pope, genzeroshot, gencompositional),
-    # so they can be set from the command line; see vlm_jax/evals/__init__.py.
-    c.evals.update(evals.GENERATIVE_DEFAULTS)
     return c
 
 

@@ -20,6 +20,7 @@ import pytest
 from test_main import MICRO
 
 from vlm_jax import parallel
+from vlm_jax.data.tokenizer import load_tokenizer
 from vlm_jax.preemption import PreemptionWatch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -339,12 +340,12 @@ def test_processes_share_one_data_position():
     """The checkpoint keeps process 0's iterator state for every process (loop.train): with
     the world source, each process's state is the same position, so process 1 restored from
     process 0's state continues with exactly its own next batch."""
-    from vlm_jax import configlib, loop
+    from vlm_jax import configlib
     from vlm_jax.data import pipeline
 
     config = configlib.load_config("configs/siglip.py:tiny")
     config.data.image_size = 16
-    tokenizer = loop.load_tokenizer(config.data)
+    tokenizer = load_tokenizer(config.data)
     make = lambda process: pipeline.make_train_iterator(
         config.data, tokenizer, 16, seed=0, process_index=process, process_count=2)
     first, second = make(0), make(1)

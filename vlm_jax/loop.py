@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from vlm_jax import checkpoint, evals, init_from, models, optim, parallel, trainers
+from vlm_jax import checkpoint, evals, init_from, models, optim, parallel, restore, trainers
 from vlm_jax.data import pipeline
 from vlm_jax.data import resume as data_resume
 from vlm_jax.data import tokenizer as tokenizers
@@ -29,12 +29,6 @@ from vlm_jax.train_state import create_train_state, make_train_step
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN/inf; the message names the step and the checkpoint kept."""
-
-
-def load_tokenizer(data_config: ml_collections.ConfigDict):
-    """The run's tokenizer (vlm_jax.data.tokenizer.load_tokenizer: "world", a .model path, a
-    tokenizer.json or "minilm", with the specials and pad token data_config adds)."""
-    return tokenizers.load_tokenizer(data_config)
 
 
 def check_workdir(workdir: str, config: ml_collections.ConfigDict, tokenizer) -> None:
@@ -58,10 +52,11 @@ def check_workdir(workdir: str, config: ml_collections.ConfigDict, tokenizer) ->
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Train per `config` in `workdir` (resuming if it holds a checkpoint); returns final evals."""
+    trainers.check_evals(config)  # evals the trainer cannot serve fail before anything is built
     trainer = trainers.get_trainer(config.trainer)
     mesh = parallel.make_mesh(config.mesh)
     rules = parallel.logical_rules(config)
-    tokenizer = load_tokenizer(config.data)
+    tokenizer = tokenizers.load_tokenizer(config.data)
     check_workdir(workdir, config, tokenizer)
     model, state, abstract_state, train_step = build(
         config, trainer, tokenizer.vocab_size, mesh, rules)
@@ -144,10 +139,8 @@ def build(config: ml_collections.ConfigDict, trainer, vocab_size: int, mesh, rul
     """
     model = models.build_model(config.model, vocab_size, jnp.dtype(config.compute_dtype))
     tx, schedule = optim.make_optimizer(config.optim, config.total_steps)
-    size, length = config.data.image_size, config.data.text_length
-    sample_images = jnp.zeros((1, size, size, 3), jnp.uint8)
-    sample_tokens = jnp.zeros((1, length), jnp.int32)
-    init_params = lambda rng: model.init(rng, sample_images, sample_tokens)["params"]
+    init_batch = trainer.init_batch(config)  # the trainer's sample inputs, by keyword
+    init_params = lambda rng: model.init(rng, **init_batch)["params"]
     with nn.logical_axis_rules(rules):
         state, shardings, abstract_state = create_train_state(
             init_params, tx, config.seed, mesh, rules)
@@ -158,14 +151,17 @@ def build(config: ml_collections.ConfigDict, trainer, vocab_size: int, mesh, rul
 
 
 def run_evals(trainer, model, state, tokenizer, mesh, config) -> dict[str, float]:
-    """Every eval in `config.evals.names`, timed, as a flat {"<eval>/<split>/<metric>": value}."""
+    """Every eval in `config.evals.names`, timed, as a flat {"<eval>/<split>/<metric>": value}.
+
+    The trainer serves what the evals need (`trainers.serve`: a Scorer, a CaptionModel);
+    `trainers.check_evals` has already refused evals it cannot serve.
+    """
     started = time.perf_counter()
-    scorer = trainer.make_scorer(model, state.params, tokenizer, mesh, config)
-    caption_model = None  # generative evals need one; trainers that caption can make it
-    if evals.needs_caption_model(config.evals.names) and hasattr(trainer, "make_captioner"):
-        caption_model = evals.caption_model.from_captioner(
-            trainer.make_captioner(model, state.params, tokenizer, mesh, config))
-    results = evals.run_evals(config.evals.names, scorer, config.evals, caption_model)
+    serve = lambda capability: trainers.serve(
+        trainer, capability, model, state.params, tokenizer, mesh, config)
+    caption_model = serve("captioner") if evals.needs_caption_model(config.evals.names) else None
+    results = evals.run_evals(config.evals.names, serve("scorer"), config.evals, caption_model,
+                              judge=restore.clipscore_judge(config.evals, config.evals.names))
     print(f"evaluated {len(results)} metrics in {time.perf_counter() - started:.1f}s")
     return results
 

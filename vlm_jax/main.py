@@ -46,7 +46,12 @@ def main(overrides: list[str]) -> None:
     except configlib.ConfigError as error:
         sys.exit(f"error: {error}")
     # Imported after the config is known to be good, so config errors come back instantly.
-    from vlm_jax import checkpoint, loop, parallel
+    from vlm_jax import checkpoint, loop, parallel, trainers
+
+    try:  # evals the trainer cannot serve: an error now, not after training
+        trainers.check_evals(config)
+    except configlib.ConfigError as error:
+        sys.exit(f"error: {error}")
 
     logging.set_verbosity(logging.WARNING)  # orbax/grain info lines would bury the progress
     parallel.maybe_initialize_distributed()

@@ -141,20 +141,3 @@ def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str,
     sharding = batch_sharding(mesh)
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
             for k, v in local_batch.items()}
-
-
-def host_apply(fn, mesh: Mesh):
-    """`fn(params, x)` under jit with x's batch split over the batch axes; NumPy in and out.
-
-    Every process passes the same full `x` (e.g. an eval chunk) and gets the full result back.
-    `len(x)` must be a multiple of the number of batch shards.
-    """
-    jitted = jax.jit(fn, out_shardings=NamedSharding(mesh, PartitionSpec()))
-    sharding = batch_sharding(mesh)
-
-    def run(params, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x)
-        global_x = jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
-        return np.asarray(jitted(params, global_x).addressable_data(0))
-
-    return run

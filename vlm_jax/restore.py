@@ -1,8 +1,10 @@
-"""Rebuild a trained run from its workdir, to evaluate it again: the config it recorded
-(workdir/config.json), its model and tokenizer, and the params of its latest checkpoint.
+"""Rebuild a run's pieces from its config, for training or to evaluate it again: the tokenizer
+the config names, and a trained run restored from its workdir (the config it recorded in
+workdir/config.json, its model and the params of its latest checkpoint).
 
-Used by the report scripts (re-running evals on finished runs without retraining) and by
-CLIPScore with a fixed judge model (`eval_config.clipscore_workdir`).
+Restoring to evaluate reads the params only: no optimizer state is built or read (AdamW's is
+about twice the params). Used by the report scripts (re-running evals on finished runs without
+retraining) and for CLIPScore with a fixed judge model (`evals.clipscore_workdir`).
 """
 
 from __future__ import annotations
@@ -10,14 +12,25 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
+import flax.linen as nn
+import flax.struct
 import jax
+import jax.numpy as jnp
 import ml_collections
 
-from vlm_jax import init_from, loop, parallel, trainers
-from vlm_jax.evals.caption_model import CaptionModel, from_captioner
+from vlm_jax import evals, init_from, models, parallel, trainers
+from vlm_jax.data import tokenizer as tokenizers
+from vlm_jax.evals.caption_model import CaptionModel
 from vlm_jax.evals.scoring import Scorer
+
+
+class RestoredParams(flax.struct.PyTreeNode):
+    """What `init_from.load_into` fills: the params, without the train state's optimizer."""
+
+    params: Any
 
 
 @dataclass(frozen=True)
@@ -25,22 +38,34 @@ class RestoredRun:
     """A run's config, trainer module, model, params, tokenizer and mesh."""
 
     config: ml_collections.ConfigDict
-    trainer: Any
+    trainer: ModuleType
     model: Any
     params: Any
     tokenizer: Any
     mesh: jax.sharding.Mesh
 
-    def scorer(self) -> Scorer:
-        return self.trainer.make_scorer(self.model, self.params, self.tokenizer, self.mesh,
-                                        self.config)
+    def scorer(self) -> Scorer | None:
+        """The run's Scorer, or None when its trainer has no "scorer" capability."""
+        return trainers.serve(self.trainer, "scorer", self.model, self.params, self.tokenizer,
+                              self.mesh, self.config)
 
     def caption_model(self) -> CaptionModel | None:
         """The run's CaptionModel, or None when its trainer cannot caption."""
-        if not hasattr(self.trainer, "make_captioner"):
-            return None
-        return from_captioner(self.trainer.make_captioner(
-            self.model, self.params, self.tokenizer, self.mesh, self.config))
+        return trainers.serve(self.trainer, "captioner", self.model, self.params,
+                              self.tokenizer, self.mesh, self.config)
+
+
+def abstract_params(model, trainer: ModuleType, config: ml_collections.ConfigDict, mesh,
+                    rules):
+    """The model's params as ShapeDtypeStructs with their shardings; nothing is allocated."""
+    init_batch = trainer.init_batch(config)
+    with nn.logical_axis_rules(rules):
+        boxed = jax.eval_shape(lambda rng: model.init(rng, **init_batch)["params"],
+                               jax.random.PRNGKey(0))
+        shardings = parallel.logical_shardings(boxed, mesh, rules)
+    return jax.tree_util.tree_map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), nn.unbox(boxed),
+        shardings)
 
 
 def restore_run(workdir: str) -> RestoredRun:
@@ -55,8 +80,23 @@ def restore_run(workdir: str) -> RestoredRun:
     trainer = trainers.get_trainer(config.trainer)
     mesh = parallel.make_mesh(config.mesh)
     rules = parallel.logical_rules(config)
-    tokenizer = loop.load_tokenizer(config.data)
-    model, state, _, _ = loop.build(config, trainer, tokenizer.vocab_size, mesh, rules)
-    # The latest checkpoint's params, straight into the fresh state's shardings.
-    state = init_from.load_into(state, workdir, verbose=False)
-    return RestoredRun(config, trainer, model, state.params, tokenizer, mesh)
+    tokenizer = tokenizers.load_tokenizer(config.data)
+    model = models.build_model(config.model, tokenizer.vocab_size, jnp.dtype(config.compute_dtype))
+    # The latest checkpoint's params, read straight into their shardings.
+    target = RestoredParams(abstract_params(model, trainer, config, mesh, rules))
+    restored = init_from.load_into(target, workdir, verbose=False)
+    return RestoredRun(config, trainer, model, restored.params, tokenizer, mesh)
+
+
+def clipscore_judge(eval_config, names) -> Scorer | None:
+    """The Scorer of the run in `eval_config.clipscore_workdir`, which
+    `evals.run_evals(names, ..., judge=...)` uses for CLIPScore; None when that is unset or
+    the evals `names` do not caption."""
+    workdir = eval_config.get("clipscore_workdir", "")
+    if not workdir or "captioning" not in evals.capabilities_needed(names, eval_config):
+        return None
+    judge = restore_run(workdir).scorer()
+    if judge is None:
+        raise ValueError(f"evals.clipscore_workdir {workdir} holds a run whose trainer cannot "
+                         "embed (no 'scorer' capability); point it at a two-tower run")
+    return judge

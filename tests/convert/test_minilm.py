@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from parity import FIXTURES, bert_tower_config, load_make_fixtures
 
-from vlm_jax import loop
 from vlm_jax.convert import JsonTokenizer, convert_hf, hf_bert, load_json_tokenizer
+from vlm_jax.data.tokenizer import load_tokenizer
 from vlm_jax.models.bert import BertTextTower
 
 pytestmark = pytest.mark.skipif(
@@ -70,6 +70,6 @@ def test_converted_tower_config_is_the_published_minilm_tower():
     assert text.pop("variant") == "" and text == hf_bert.MINILM_TOWER
 
 
-def test_loop_loads_the_packaged_tokenizer_by_name():
-    tokenizer = loop.load_tokenizer(ml_collections.ConfigDict(dict(tokenizer="minilm")))
+def test_restore_loads_the_packaged_tokenizer_by_name():
+    tokenizer = load_tokenizer(ml_collections.ConfigDict(dict(tokenizer="minilm")))
     assert isinstance(tokenizer, JsonTokenizer) and tokenizer.vocab_size == 30522

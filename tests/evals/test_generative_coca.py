@@ -11,7 +11,6 @@ import numpy as np
 from configs import coca as coca_config
 from vlm_jax import evals, models, parallel
 from vlm_jax.data.tokenizer import world_tokenizer
-from vlm_jax.evals.caption_model import from_captioner
 from vlm_jax.trainers import coca as coca_trainer
 
 GENERATIVE = ("captioning", "vqa", "pope", "genzeroshot", "gencompositional")
@@ -37,7 +36,7 @@ def tiny_coca():
                               devices=jax.devices()[:1])
     scorer = coca_trainer.make_scorer(model, params, tokenizer, mesh, config)
     captioner = coca_trainer.make_captioner(model, params, tokenizer, mesh, config)
-    return config, scorer, from_captioner(captioner)
+    return config, scorer, captioner
 
 
 def test_generative_evals_run_on_a_real_coca():

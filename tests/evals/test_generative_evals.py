@@ -13,6 +13,7 @@ from vlm_jax.data.world_scene import SEEN_PAIRS
 from vlm_jax.evals import (
     GENERATIVE_EVALS,
     captioning,
+    datasets,
     default_eval_config,
     pope,
     run_evals,
@@ -167,7 +168,7 @@ def test_captioning_of_the_dataset_captions():
 
 def test_references_are_distinct_true_captions():
     val = world.World("val")
-    references = captioning.reference_captions(val, 3, 5)
+    references = datasets.world_references(val, 3, 5)
     assert references[0] == val[3]["caption"]
     assert len(set(references)) >= 3  # different templates, not one caption five times
 

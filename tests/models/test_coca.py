@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import coca as coca_config
-from vlm_jax import decoding, models, parallel
+from vlm_jax import decoding, models, parallel, serving
 from vlm_jax.data.tokenizer import world_tokenizer
 from vlm_jax.models import coca
 from vlm_jax.trainers import coca as coca_trainer
@@ -203,25 +203,25 @@ def test_captioner_matches_the_model_on_a_mesh_for_any_row_count():
     mesh = parallel.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1)))
     captioner = coca_trainer.make_captioner(model, params, tokenizer, mesh, config)
 
-    tokens = captioner.generate(IMAGES)  # 3 rows over 8 devices
-    settings = coca_trainer.decode_settings(config)
+    # The captioner speaks texts (evals.caption_model.CaptionModel): the model's tokens, decoded.
+    captions = captioner.generate(IMAGES)  # 3 rows over 8 devices
+    settings = serving.decode_settings(config)
     expected, _ = coca.generate(model, params, IMAGES, settings, eos_id=tokenizer.eos_id)
-    np.testing.assert_array_equal(tokens, expected)
-    assert captioner.caption(IMAGES) == tokenizer.decode(np.asarray(expected))
+    assert captions == tokenizer.decode(np.asarray(expected))
 
     texts = ["a red circle.", "two blue squares.", "a cross."]
-    text_tokens = captioner.tokenize(texts)
+    text_tokens = tokenizer.encode(texts, config.data.text_length)
     np.testing.assert_allclose(
-        captioner.log_likelihood(IMAGES, text_tokens),
+        captioner.log_likelihood(IMAGES, texts),
         coca.caption_log_likelihood(model, params, IMAGES, text_tokens), rtol=1e-4)
 
     # A prompt is forced, then stripped: the result is what the model adds after it.
     prompts = ["a red", "two", "a"]
-    prompted = captioner.generate(IMAGES, settings, prompts)
+    prompted = captioner.generate(IMAGES, prompts)
     prompt = tokenizer.encode(prompts, 6)
     prompt[prompt == tokenizer.eos_id] = 0
     full, _ = coca.generate(model, params, IMAGES, settings, eos_id=tokenizer.eos_id,
                             prompt=jnp.asarray(prompt))
     for row, length in enumerate((prompt != 0).sum(1)):
-        np.testing.assert_array_equal(prompted[row, : 6 - length], np.asarray(full)[row, length:])
+        assert prompted[row] == tokenizer.decode(np.asarray(full)[row : row + 1, length:])[0]
         np.testing.assert_array_equal(np.asarray(full)[row, :length], prompt[row, :length])

@@ -1,11 +1,13 @@
-"""Evaluations on the synthetic world: zero-shot classification, retrieval, compositional probes;
-and, for generative models, captioning, VQA, POPE hallucination and likelihood-scored
-zero-shot and compositional probes.
+"""Evaluations: zero-shot classification, retrieval, compositional probes; and, for generative
+models, captioning, VQA, POPE hallucination and likelihood-scored zero-shot and compositional
+probes. Zero-shot, retrieval and captioning read the dataset their `evals.<name>` spec names
+(`datasets`: the synthetic world by default); the probes read the world.
 
-Each contrastive eval is `run(scorer, eval_config)`, each generative one
+Each embedding eval is `run(scorer, eval_config)`, each generative one
 `run(caption_model, scorer_or_None, eval_config)` (EVALS, GENERATIVE_EVALS), both returning
 {"<eval>/<split>/<metric>": float}; `run_evals` runs a list of them by name and
-`format_table` prints the results for the console.
+`format_table` prints the results for the console. Evals never import trainers or the loop:
+the caller passes what they need (a Scorer, a CaptionModel, a CLIPScore judge).
 """
 
 import numbers
@@ -16,6 +18,7 @@ import ml_collections
 from vlm_jax.evals import (
     captioning,
     compositional,
+    datasets,
     generative_compositional,
     generative_zeroshot,
     pope,
@@ -32,7 +35,7 @@ EVALS: dict[str, Callable[[Scorer, ml_collections.ConfigDict], dict[str, float]]
     "compositional": compositional.run,
 }
 # Evals of a generative model (a CaptionModel); the scorer, when the model has one, is used
-# for CLIPScore and the contrastive zero-shot score beside the likelihood one.
+# for the contrastive zero-shot score beside the likelihood one (captioning gets the judge).
 GENERATIVE_EVALS: dict[
     str, Callable[[CaptionModel, Scorer | None, ml_collections.ConfigDict], dict[str, float]]
 ] = {
@@ -42,52 +45,47 @@ GENERATIVE_EVALS: dict[
     "genzeroshot": generative_zeroshot.run,
     "gencompositional": generative_compositional.run,
 }
-# eval_config fields of the generative evals, with their defaults; a config that lacks them
-# (e.g. one recorded before they existed) gets these.
-GENERATIVE_DEFAULTS = {
+
+# eval_config fields that must be positive integers, with their defaults.
+SIZE_DEFAULTS = {
+    "batch_size": 256,  # images or texts per encoder call
+    "retrieval_size": 1000,  # examples per retrieval split
+    "probe_size": 200,  # pairs per compositional probe kind
+    "zeroshot_size": 1000,  # single-object images per zero-shot split
+    "image_size": 32,  # eval images are resized to this (configs tie it to data.image_size)
     "captioning_size": 200,  # val images captioned
-    "caption_references": 5,  # true captions per image for CIDEr / BLEU
-    "clipscore_workdir": "",  # a two-tower run judging CLIPScore; "": the evaluated model's
+    "caption_references": 5,  # true captions per world image for CIDEr / BLEU
     "vqa_size": 400,  # questions, the four kinds in turn
     "pope_size": 200,  # val images polled
     "pope_questions": 3,  # present objects asked about per image (and as many absent ones)
     "pope_stats_size": 5000,  # train scenes counted for POPE's popular / adversarial objects
     "genzeroshot_size": 240,  # single-object images for likelihood zero-shot
 }
-_GENERATIVE_SIZE_FIELDS = tuple(
-    name for name, value in GENERATIVE_DEFAULTS.items() if isinstance(value, int))
-
-# eval_config fields that must be positive integers.
-_SIZE_FIELDS = ("batch_size", "retrieval_size", "probe_size", "zeroshot_size", "image_size")
 
 
 def default_eval_config() -> ml_collections.ConfigDict:
-    """The eval_config fields every eval reads, with their defaults."""
+    """`config.evals`: every field the evals read, with its default (configs/common.py uses
+    this; the one place eval defaults live)."""
     return ml_collections.ConfigDict(
         {
-            "names": list(EVALS),
-            "batch_size": 256,  # images or texts per encoder call
-            "retrieval_size": 1000,  # examples per retrieval split
-            "probe_size": 200,  # pairs per compositional probe kind
-            "zeroshot_size": 1000,  # single-object images per zero-shot split
-            "seed": 0,  # world seed of every eval set
-            "image_size": 32,
-            **GENERATIVE_DEFAULTS,
+            "names": tuple(EVALS),
+            "seed": 0,  # world seed of every world eval set
+            # a two-tower run judging CLIPScore; "": the evaluated model's own towers. The
+            # caller restores it (`vlm_jax.restore.clipscore_judge`) and passes it as `judge`.
+            "clipscore_workdir": "",
+            **SIZE_DEFAULTS,
+            **{name: datasets.dataset_spec() for name in datasets.DATASET_EVALS},
         }
     )
 
 
 def _check_eval_config(eval_config) -> None:
-    missing = [name for name in (*_SIZE_FIELDS, "seed") if not hasattr(eval_config, name)]
+    missing = [name for name in (*SIZE_DEFAULTS, "seed") if not hasattr(eval_config, name)]
     if missing:
         raise ValueError(
             f"eval_config lacks {missing}; start from vlm_jax.evals.default_eval_config()."
         )
-    _check_positive(eval_config, _SIZE_FIELDS)
-
-
-def _check_positive(eval_config, names: Sequence[str]) -> None:
-    for name in names:
+    for name in SIZE_DEFAULTS:
         value = getattr(eval_config, name)
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
             raise ValueError(f"eval_config.{name} must be a positive integer, got {value!r}.")
@@ -104,13 +102,26 @@ def needs_caption_model(names: Sequence[str] | str) -> bool:
     return any(name in GENERATIVE_EVALS for name in _split_names(names))
 
 
-def _with_generative_defaults(eval_config) -> ml_collections.ConfigDict:
-    completed = ml_collections.ConfigDict(dict(eval_config))
-    for name, value in GENERATIVE_DEFAULTS.items():
-        if name not in completed:
-            completed[name] = value
-    _check_positive(completed, _GENERATIVE_SIZE_FIELDS)
-    return completed
+def capabilities_needed(names: Sequence[str] | str, eval_config) -> dict[str, frozenset]:
+    """{eval: the trainer capabilities it needs} for the evals `names` ("scorer",
+    "captioner"), after checking the names and their dataset specs (ValueError otherwise)."""
+    names = _split_names(names)
+    unknown = [name for name in names if name not in EVALS and name not in GENERATIVE_EVALS]
+    if unknown:
+        raise ValueError(
+            f"unknown evals {unknown}; choose from {sorted(EVALS) + sorted(GENERATIVE_EVALS)}.")
+    for name in names:
+        if name in datasets.DATASET_EVALS:
+            datasets.spec_of(eval_config, name)
+    needed = {}
+    for name in dict.fromkeys(names):
+        if name in EVALS:
+            needed[name] = frozenset({"scorer"})
+        elif name == "captioning" and not eval_config.get("clipscore_workdir", ""):
+            needed[name] = frozenset({"captioner", "scorer"})  # its own towers judge CLIPScore
+        else:
+            needed[name] = frozenset({"captioner"})
+    return needed
 
 
 def run_evals(
@@ -118,28 +129,32 @@ def run_evals(
     scorer: Scorer | None,
     eval_config,
     caption_model: CaptionModel | None = None,
+    judge: Scorer | None = None,
 ) -> dict[str, float]:
     """Results of the evals `names` (a list, or one comma-separated string), merged in order.
 
-    Contrastive evals need `scorer`, generative ones `caption_model` (e.g.
-    `caption_model.from_captioner(trainer.make_captioner(...))`)."""
+    Embedding evals need `scorer`, generative ones `caption_model` (a trainer's
+    `make_captioner`). Captioning's CLIPScore is judged by `judge`, or `scorer` when None;
+    with `eval_config.clipscore_workdir` set the caller must pass that run's Scorer as judge.
+    """
     names = _split_names(names)
-    unknown = [name for name in names if name not in EVALS and name not in GENERATIVE_EVALS]
-    if unknown:
-        raise ValueError(
-            f"unknown evals {unknown}; choose from {sorted(EVALS) + sorted(GENERATIVE_EVALS)}.")
+    capabilities_needed(names, eval_config)
     generative = [name for name in names if name in GENERATIVE_EVALS]
     if generative and caption_model is None:
-        raise ValueError(f"evals {generative} need a generative model (a trainer with "
-                         "make_captioner, e.g. CoCa); this model only embeds.")
+        raise ValueError(f"evals {generative} need a generative model (a trainer with the "
+                         "'captioner' capability, e.g. CoCa); this model only embeds.")
     if scorer is None and any(name in EVALS for name in names):
         raise ValueError(f"evals {[n for n in names if n in EVALS]} need a Scorer.")
+    if "captioning" in names and eval_config.get("clipscore_workdir", "") and judge is None:
+        raise ValueError(f"evals.clipscore_workdir={eval_config.clipscore_workdir!r} names the "
+                         "CLIPScore judge, but no judge was passed: pass "
+                         "judge=vlm_jax.restore.clipscore_judge(eval_config, names)")
     _check_eval_config(eval_config)
-    if generative:
-        eval_config = _with_generative_defaults(eval_config)
     results = {}
     for name in dict.fromkeys(names):  # each eval once, in the order given
-        if name in GENERATIVE_EVALS:
+        if name == "captioning":
+            results.update(captioning.run(caption_model, judge or scorer, eval_config))
+        elif name in GENERATIVE_EVALS:
             results.update(GENERATIVE_EVALS[name](caption_model, scorer, eval_config))
         else:
             results.update(EVALS[name](scorer, eval_config))

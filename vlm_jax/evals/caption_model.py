@@ -1,11 +1,13 @@
 """The CaptionModel every generative eval consumes, and how to call it in fixed-size chunks.
 
 A CaptionModel is a generative image-to-text model seen from outside, at the level of texts:
-  generate(images uint8 [N, S, S, 3]) -> N captions;
+  generate(images uint8 [N, S, S, 3], prompts=None) -> N captions (with prompts, N texts
+      each continuing its prompt, the prompt left out; the evals call it without);
   log_likelihood(images [N, S, S, 3], texts N) -> float [N]: log p(texts[i] | images[i]), one
       score per row (pairwise, not every image against every text).
-Any family that can caption or score a caption plugs in by building one; `from_captioner`
-wraps the token-level `vlm_jax.decoding.Captioner` that trainers' `make_captioner` return.
+It is the one face of a generative model: a trainer with the "captioner" capability returns
+one from `make_captioner` (built with `vlm_jax.serving.make_captioner`), and any family that
+can caption or score a caption plugs in by building one.
 
 As with the Scorer helpers, every call sees exactly `batch_size` rows (the last chunk padded
 by repeating its last row, the padding cut from the result), so a jitted model compiles once.
@@ -25,18 +27,8 @@ from vlm_jax.evals.scoring import pad_rows
 class CaptionModel:
     """A generative model as the evals see it; see the module docstring."""
 
-    generate: Callable[[np.ndarray], list[str]]
+    generate: Callable[..., list[str]]
     log_likelihood: Callable[[np.ndarray, Sequence[str]], np.ndarray]
-
-
-def from_captioner(captioner, settings=None) -> CaptionModel:
-    """A CaptionModel from a `vlm_jax.decoding.Captioner` (tokens in and out): captions decoded
-    with `settings` (None: the captioner's default), texts tokenized by the captioner."""
-    return CaptionModel(
-        generate=lambda images: captioner.caption(images, settings),
-        log_likelihood=lambda images, texts: captioner.log_likelihood(
-            images, captioner.tokenize(list(texts))),
-    )
 
 
 def _check_images(images: np.ndarray) -> np.ndarray:

@@ -1,15 +1,14 @@
 """Captioning: CIDEr-D, BLEU-4 and CLIPScore of generated captions on val images.
 
-References: the world can say many true things about one scene, so each image gets
-`eval_config.caption_references` true captions, `World.caption(scene, index + r * len(split))`
-for r = 0, 1, ... (r = 0 is the dataset's own caption; each index draws its own template and
-word order). CIDEr-D and BLEU-4 are the COCO toolkit's (see `caption_metrics`), on lower-case
-words without punctuation.
+The images come from `config.evals.captioning` (`evals.datasets`). On the world each image gets
+`eval_config.caption_references` true captions (the world can say many true things about one
+scene, `datasets.world_references`); on a stored dataset its one stored caption. CIDEr-D and
+BLEU-4 are the COCO toolkit's (see `caption_metrics`), on lower-case words without punctuation.
 
-CLIPScore (Hessel et al., 2021) = 2.5 * max(cos(image, caption), 0) under a contrastive model:
-by default the `scorer` the evals get (for CoCa, its own contrastive towers); with
-`eval_config.clipscore_workdir` set, the model trained in that workdir (e.g. a SigLIP run), so
-captioners are judged by one fixed model. `clipscore_refs` is the same score of the dataset
+CLIPScore (Hessel et al., 2021) = 2.5 * max(cos(image, caption), 0) under a contrastive model,
+the `judge` Scorer the caller passes: the evaluated model's own towers (CoCa's), or a fixed
+model (e.g. a SigLIP run, `eval_config.clipscore_workdir`, which the caller restores), so
+captioners are judged by one model. `clipscore_refs` is the same score of the dataset
 captions, the reference point (not a ceiling: a judge may prefer a model's captions).
 """
 
@@ -17,54 +16,42 @@ from __future__ import annotations
 
 import numpy as np
 
-from vlm_jax.data import world
-from vlm_jax.evals import caption_metrics
+from vlm_jax.evals import caption_metrics, datasets
 from vlm_jax.evals.caption_model import CaptionModel, generate_captions
 from vlm_jax.evals.scoring import Scorer, cosine_similarity, embed_images, embed_texts
 
 SPLIT = "val"
 
 
-def reference_captions(split_world: world.World, index: int, count: int) -> list[str]:
-    """`count` true captions of example `index` (the first is the dataset's own)."""
-    scene = split_world.scene(index)
-    return [split_world.caption(scene, index + r * len(split_world)) for r in range(count)]
-
-
-def clipscore_scorer(scorer: Scorer | None, eval_config) -> Scorer:
-    """The contrastive model CLIPScore uses: eval_config.clipscore_workdir's, else `scorer`."""
-    workdir = eval_config.get("clipscore_workdir", "")
-    if workdir:
-        from vlm_jax import restore  # imported here: restoring needs the training stack
-
-        scorer = restore.restore_run(workdir).scorer()
-    if scorer is None:
-        raise ValueError("CLIPScore needs a contrastive model: pass a scorer, or set "
-                         "eval_config.clipscore_workdir to a two-tower run's workdir.")
-    if scorer.similarity is not cosine_similarity:
+def check_judge(judge: Scorer | None) -> Scorer:
+    """`judge`, if CLIPScore can use it: a Scorer of embedding vectors under the cosine."""
+    if judge is None:
+        raise ValueError("CLIPScore needs a contrastive judge: evaluate a model that embeds "
+                         "(a trainer with the 'scorer' capability), or set "
+                         "evals.clipscore_workdir to a two-tower run's workdir.")
+    if judge.similarity is not cosine_similarity:
         raise ValueError("CLIPScore is a cosine of embedding vectors; this scorer has its own "
-                         "similarity. Set eval_config.clipscore_workdir to a two-tower run.")
-    return scorer
+                         "similarity. Set evals.clipscore_workdir to a two-tower run.")
+    return judge
 
 
-def run(model: CaptionModel, scorer: Scorer | None, eval_config) -> dict[str, float]:
-    """captioning/val/{cider, bleu4, clipscore, clipscore_refs} on the first
-    `eval_config.captioning_size` val images."""
-    split_world = world.World(SPLIT, seed=eval_config.seed, image_size=eval_config.image_size)
-    size = eval_config.captioning_size
-    images = np.stack([split_world[index]["image"] for index in range(size)])
-    references = [reference_captions(split_world, index, eval_config.caption_references)
-                  for index in range(size)]
+def run(model: CaptionModel, judge: Scorer | None, eval_config) -> dict[str, float]:
+    """captioning/<split>/{cider, bleu4, clipscore, clipscore_refs} on the first
+    `eval_config.captioning_size` images of the `eval_config.captioning` dataset."""
+    judge = check_judge(judge)
+    spec = datasets.spec_of(eval_config, "captioning")
+    ((split, captioned),) = datasets.caption_sets(
+        spec, (SPLIT,), eval_config.captioning_size, eval_config.seed, eval_config.image_size,
+        references=eval_config.caption_references).items()
+    images, references = captioned.images, captioned.references
     captions = generate_captions(model, images, eval_config.batch_size)
     candidate_words = [caption_metrics.caption_words(caption) for caption in captions]
     reference_words = [[caption_metrics.caption_words(ref) for ref in refs] for refs in references]
 
-    judge = clipscore_scorer(scorer, eval_config)
     image_embeddings = embed_images(judge, images, eval_config.batch_size)
     caption_embeddings = embed_texts(judge, captions, eval_config.batch_size)
-    dataset_embeddings = embed_texts(judge, [refs[0] for refs in references],
-                                     eval_config.batch_size)
-    prefix = f"captioning/{SPLIT}"
+    dataset_embeddings = embed_texts(judge, captioned.captions, eval_config.batch_size)
+    prefix = f"captioning/{split}"
     return {
         f"{prefix}/cider": caption_metrics.corpus_cider_d(candidate_words, reference_words),
         f"{prefix}/bleu4": caption_metrics.corpus_bleu(candidate_words, reference_words),

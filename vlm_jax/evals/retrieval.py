@@ -1,5 +1,5 @@
 """Image-text retrieval: recall@1/5/10 image->text and text->image on the world's val and
-held-out splits.
+held-out splits, or on the stored dataset `config.evals.retrieval` names (`evals.datasets`).
 
 The match of image i is caption i, and also any other caption with exactly the same text:
 two scenes can share a caption string, and no model can tell identical strings apart, so
@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from vlm_jax.data import world
+from vlm_jax.evals import datasets
 from vlm_jax.evals.scoring import (
     Scorer,
     embed_images,
@@ -59,20 +59,14 @@ def retrieval_metrics(
 
 def run(scorer: Scorer, eval_config) -> dict[str, float]:
     """retrieval/<split>/{i2t_r1, ..., t2i_r10, chance_r1} on the first
-    `eval_config.retrieval_size` examples of each split."""
+    `eval_config.retrieval_size` examples of each split of the `eval_config.retrieval` data."""
+    spec = datasets.spec_of(eval_config, "retrieval")
     results = {}
-    for split in SPLITS:
-        split_world = world.World(split, seed=eval_config.seed, image_size=eval_config.image_size)
-        size = eval_config.retrieval_size
-        if not 1 <= size <= len(split_world):
-            raise ValueError(
-                f"eval_config.retrieval_size={size} must lie in [1, {len(split_world)}] "
-                f"(the size of the world's {split!r} split)."
-            )
-        examples = [split_world[index] for index in range(size)]
-        images = np.stack([example["image"] for example in examples])  # [N, S, S, 3]
-        captions = [example["caption"] for example in examples]
-        image_embeddings = embed_images(scorer, images, eval_config.batch_size)
+    for split, captioned in datasets.caption_sets(
+            spec, SPLITS, eval_config.retrieval_size, eval_config.seed,
+            eval_config.image_size).items():
+        captions = captioned.captions
+        image_embeddings = embed_images(scorer, captioned.images, eval_config.batch_size)
         text_embeddings = embed_texts(scorer, captions, eval_config.batch_size)
         scores = score_matrix(
             scorer.similarity, image_embeddings, text_embeddings, eval_config.batch_size

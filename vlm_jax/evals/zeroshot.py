@@ -1,6 +1,8 @@
 """Zero-shot classification of single-object images with prompt-template ensembles.
 
-Each class is described by every template in `world.ZEROSHOT_TEMPLATES` ("a {}.", ...). Two
+The images, labels and class names come from `config.evals.zeroshot` (`evals.datasets`: the
+world's single-object splits by default, or a stored dataset). Each class is described by
+every template of its set (the world's `ZEROSHOT_TEMPLATES`, "a {}.", ...). Two
 ways to combine the templates, chosen by what the scorer is:
 
 - embedding ensemble (CLIP's recipe), when the scorer uses the default `cosine_similarity`
@@ -19,7 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from vlm_jax.data import world
+from vlm_jax.evals import datasets
 from vlm_jax.evals.scoring import (
     Scorer,
     cosine_similarity,
@@ -30,8 +32,6 @@ from vlm_jax.evals.scoring import (
     score_matrix,
 )
 
-# split name in the results -> split of `world.single_object_set`.
-SPLITS = {"single_object": "val", "heldout_single_object": "heldout"}
 # top-5 is reported only when there are more than this many classes (else it is trivially 1).
 _TOP5_MIN_CLASSES = 6
 
@@ -84,23 +84,15 @@ def class_scores(
 
 
 def run(scorer: Scorer, eval_config) -> dict[str, float]:
-    """zeroshot/<split>/{top1, top5, chance} on `eval_config.zeroshot_size` images per split."""
+    """zeroshot/<split>/{top1, top5, chance} on `eval_config.zeroshot_size` images per split
+    of the `eval_config.zeroshot` dataset."""
+    spec = datasets.spec_of(eval_config, "zeroshot")
     results = {}
-    for split_name, world_split in SPLITS.items():
-        images, labels, class_names = world.single_object_set(
-            world_split,
-            eval_config.zeroshot_size,
-            seed=eval_config.seed,
-            image_size=eval_config.image_size,
-        )
-        image_embeddings = embed_images(scorer, images, eval_config.batch_size)
-        scores = class_scores(
-            scorer,
-            image_embeddings,
-            class_names,
-            world.ZEROSHOT_TEMPLATES,
-            eval_config.batch_size,
-        )
-        for metric, value in zeroshot_metrics(scores, labels).items():
+    for split_name, labeled in datasets.zeroshot_sets(
+            spec, eval_config.zeroshot_size, eval_config.seed, eval_config.image_size).items():
+        image_embeddings = embed_images(scorer, labeled.images, eval_config.batch_size)
+        scores = class_scores(scorer, image_embeddings, labeled.class_names, labeled.templates,
+                              eval_config.batch_size)
+        for metric, value in zeroshot_metrics(scores, labeled.labels).items():
             results[f"zeroshot/{split_name}/{metric}"] = value
     return results
