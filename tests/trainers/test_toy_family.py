@@ -73,7 +73,7 @@ def toy_config() -> ml_collections.ConfigDict:
     c = common.base_config()
     c.trainer = THIS_MODULE
     c.model = ml_collections.ConfigDict(dict(name=THIS_MODULE, hidden=32))
-    c.total_steps, c.batch_size, c.log_every, c.checkpoint_every = 60, 16, 5, 60
+    c.total_steps, c.batch_size, c.log_every, c.checkpoint_every = 120, 16, 5, 120
     c.optim.update(lr=1e-2, warmup_steps=2, weight_decay=0.0)
     c.data.update(image_size=IMAGE_SIZE, text_length=8)
     c.evals.names = ()
@@ -105,10 +105,12 @@ def test_a_family_defined_in_a_test_trains_through_the_unchanged_loop(tmp_path, 
     train = world.World("train", seed=config.data.world_seed, image_size=IMAGE_SIZE)
     colours = np.stack([train[i]["image"].mean(axis=(0, 1)) / 255.0 for i in range(256)])
     constant_guess = float(np.mean(colours.var(axis=0)))
-    # Measured: 0.0185 at step 5, 0.0011 at step 60, constant guess 0.0030.
-    assert losses[-1] < 0.5 * constant_guess < losses[0], (losses, constant_guess)
-    assert losses[-1] < 0.1 * losses[0], losses
-    assert os.path.isdir(tmp_path / "checkpoints" / "60")
+    # One batch of 16 is noisy: judge the mean of the last three logged losses (measured:
+    # 0.026 first, 0.00037 over the last three, constant guess 0.0030).
+    final = float(np.mean(losses[-3:]))
+    assert final < 0.5 * constant_guess < losses[0], (losses, constant_guess)
+    assert final < 0.1 * losses[0], losses
+    assert os.path.isdir(tmp_path / "checkpoints" / "120")
 
 
 def test_evals_the_family_cannot_serve_are_refused_before_building():
