@@ -10,6 +10,8 @@ agrees on one step, the one after the furthest host's, and reports it on every p
 
 from __future__ import annotations
 
+import ctypes
+import os
 import signal
 import threading
 
@@ -59,3 +61,23 @@ class PreemptionWatch:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous = {}
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(worker_index: int = 0, worker_count: int = 0) -> None:
+    """Run in a data worker process: the kernel SIGKILLs it when the trainer dies, even by
+    kill -9, so no worker (and its shared memory) outlives the run. Linux only; a no-op elsewhere.
+
+    The signature is grain's `worker_init_fn(worker_index, worker_count)`.
+    """
+    del worker_index, worker_count
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the trainer died before the prctl took effect
+        os._exit(1)

@@ -119,3 +119,41 @@ def test_kill_9_during_checkpoint_writes_then_resume_is_bitwise_equal(tmp_path):
         want = ocp.StandardCheckpointer().restore(straight / "checkpoints" / "24" / "state")
         for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
             np.testing.assert_array_equal(a, b)
+
+
+def _children(pid: int) -> list[int]:
+    """Every descendant of `pid` (from /proc), so grain's workers however deep."""
+    found, frontier = [], [pid]
+    while frontier:
+        parent = frontier.pop()
+        for task in os.listdir(f"/proc/{parent}/task"):
+            try:
+                with open(f"/proc/{parent}/task/{task}/children") as f:
+                    kids = [int(k) for k in f.read().split()]
+            except OSError:
+                kids = []
+            found += kids
+            frontier += kids
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_data_workers_die_with_a_killed_trainer(tmp_path):
+    process = _popen(_command(tmp_path, "--config.total_steps=400", "--config.data.workers=2"))
+    _wait_for_line(process, "step      2/400")
+    workers = _children(process.pid)
+    assert len(workers) >= 2, workers
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and any(_alive(pid) for pid in workers):
+        time.sleep(0.2)
+    assert not [pid for pid in workers if _alive(pid)]

@@ -18,6 +18,7 @@ import grain
 import numpy as np
 from absl import flags, logging
 
+from vlm_jax import preemption
 from vlm_jax.data.sources import CorruptRecordError, ExampleSource, make_source
 
 # A run of this many undecodable records means the data (or its format) is wrong, not noisy.
@@ -201,7 +202,8 @@ def make_train_dataset(source: ExampleSource, data_config, tokenizer, global_bat
         # so the example stream (and every batch) is the same for any worker count.
         dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(
             num_workers=data_config.workers,
-            per_worker_buffer_size=max(1, data_config.prefetch)))
+            per_worker_buffer_size=max(1, data_config.prefetch)),
+            worker_init_fn=preemption.die_with_parent)  # no worker outlives a kill -9
     # Skipping is many-to-one, so it runs after the workers (grain's advice for elasticity).
     dataset = grain.experimental.FlatMapIterDataset(dataset, Unchunk())
     dataset = SkipCorrupt(dataset).batch(local_batch, drop_remainder=True)
