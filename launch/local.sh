@@ -8,13 +8,14 @@
 #            --workdir=runs/two_process
 #   PYTHON       interpreter (default: .venv/bin/python of this tree if present, else python3)
 #   VLM_JAX_PORT coordinator port on localhost (default: a free one)
-# Process 0 prints to the terminal, process k > 0 to DIR/logs/process_k.log. SIGTERM or SIGINT
-# is passed to every process: they finish the step, save a checkpoint and exit 0. If one
-# process fails, the others are killed and its exit status is returned.
+# Process 0 prints to the terminal, process k > 0 to DIR/logs/process_k.log. SIGTERM, or a
+# Ctrl-C (SIGINT), is passed to every process as SIGTERM: they agree on a step, save a
+# checkpoint and exit 0. If one process fails, the others are killed and its exit status is
+# returned.
 set -euo pipefail
 
 usage() {
-  sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -59,8 +60,10 @@ done
 echo "started $num_processes processes (coordinator localhost:$port); processes 1.. log to $logs" >&2
 
 forward() { kill -s "$1" "${pids[@]}" 2>/dev/null || true; }
+# Ctrl-C becomes SIGTERM: jax's preemption sync (which makes every process save the same
+# step) listens for SIGTERM only.
 trap 'forward TERM' TERM
-trap 'forward INT' INT
+trap 'forward TERM' INT
 
 # `wait -n` returns when a process ends (then it is gone) or when a trapped signal arrives
 # (then none is); so each return, find which processes have ended.

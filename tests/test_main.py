@@ -111,6 +111,10 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(tmp_path):
     straight_losses = _losses(straight)
     assert sorted(straight_losses) == list(range(1, 61))
     assert _losses(killed) == straight_losses  # every step, bit for bit
+    # ... and each once: a dict of losses would hide rows the resume should have dropped.
+    with open(killed / "metrics.jsonl") as f:
+        steps = [json.loads(line)["step"] for line in f if "train/loss" in line]
+    assert steps == list(range(1, 61))
     got, want = _final_params(killed, 60), _final_params(straight, 60)
     for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
         np.testing.assert_array_equal(a, b)

@@ -3,6 +3,8 @@ FSDP + tensor, pure FSDP and pure tensor parallelism; and a checkpoint saved und
 restores under another (other devices, other count, other layout) with equal values and the
 new shardings."""
 
+from typing import NamedTuple
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -14,6 +16,7 @@ from vlm_jax.train_state import create_train_state, make_train_step
 from vlm_jax.trainers import contrastive
 
 BATCH, SIZE, LENGTH, VOCAB = 16, 16, 12, 64
+LR, STEPS = 2e-6, 3
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +25,9 @@ def setup():
     config.model.image.update(width=32, depth=1, num_heads=4, mlp_dim=64)
     config.model.text.update(width=32, depth=1, num_heads=4, mlp_dim=64)
     config.model.embed_dim = 32
+    # No warm-up: the first step trains at lr > 0 (at lr 0 any gradient passes), small enough
+    # that Adam's ~lr moves stay within the parameter tolerance below.
+    config.optim.update(warmup_steps=0, lr=LR)
     model = models.build_model(config.model, VOCAB)
     tx, schedule = optim.make_optimizer(config.optim, 10)
     rng = np.random.default_rng(1)
@@ -34,8 +40,8 @@ def setup():
 
 @pytest.fixture(scope="module")
 def single_device(setup):
-    losses, params, _ = _train(setup, dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
-    return losses, params
+    run = _train(setup, dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
+    return run.losses, run.params, run.grad_norms, run.raw_grads
 
 
 def _new_state(setup, mesh_config, devices):
@@ -49,18 +55,33 @@ def _new_state(setup, mesh_config, devices):
         return (*create_train_state(init, tx, 0, mesh, rules), mesh)
 
 
-def _train(setup, mesh_config, devices, steps=2):
-    """(losses, params as NumPy, final state) of `steps` train steps on that mesh."""
+class Run(NamedTuple):
+    losses: np.ndarray  # [STEPS]
+    grad_norms: np.ndarray  # [STEPS] train/grad_norm: of the raw gradients, before clipping
+    raw_grads: dict  # d loss / d params at the initial state, as NumPy
+    params: dict  # after STEPS steps, as NumPy
+    state: object
+
+
+def _train(setup, mesh_config, devices, steps=STEPS) -> Run:
+    """`steps` train steps on that mesh, and the raw gradient of the first batch."""
     config, model, tx, schedule, batch = setup
     state, shardings, _, mesh = _new_state(setup, mesh_config, devices)
+    loss_fn = contrastive.make_loss_fn(model, config)
     with nn.logical_axis_rules(parallel.logical_rules(config)):
-        step = make_train_step(contrastive.make_loss_fn(model, config), tx, schedule, 1,
-                               shardings, mesh)
-        losses = []
+        sharded_batch = parallel.global_batch(batch, mesh)
+        # The gradient the step will clip and feed to Adam, computed under the same layout.
+        raw_grad = jax.jit(jax.grad(lambda p, b: loss_fn(p, b, None)[0]),
+                           in_shardings=(shardings.params, parallel.batch_sharding(mesh)))
+        raw_grads = jax.tree_util.tree_map(np.asarray, raw_grad(state.params, sharded_batch))
+        step = make_train_step(loss_fn, tx, schedule, 1, shardings, mesh)
+        losses, grad_norms = [], []
         for _ in range(steps):
             state, metrics = step(state, parallel.global_batch(batch, mesh))
             losses.append(float(metrics["train/loss"]))
-    return np.array(losses), jax.tree_util.tree_map(np.asarray, state.params), state
+            grad_norms.append(float(metrics["train/grad_norm"]))
+    return Run(np.array(losses), np.array(grad_norms), raw_grads,
+               jax.tree_util.tree_map(np.asarray, state.params), state)
 
 
 def test_mesh_shape_resolves_the_rest_and_rejects_bad_shapes():
@@ -72,22 +93,19 @@ def test_mesh_shape_resolves_the_rest_and_rejects_bad_shapes():
 
 
 # Tolerance: the sharded step sums the same numbers in a different order (reductions split over
-# devices), so results agree to float32 rounding, not bitwise: 1e-5 relative on the loss.
-# Parameters: atol 1e-5 is about one Adam step at these warm-up learning rates (1e-5, 2e-5),
-# and Adam moves a parameter by ~lr whatever its gradient's size, so a coordinate whose
-# gradient is rounding noise can flip its step's sign and miss by ~lr (seen with depth-2
-# towers at seed 0); this setup has no such coordinate.
+# devices), so results agree to float32 rounding, not bitwise: 1e-5 relative on the loss and the
+# gradient norm; gradients to atol 1e-5 on entries up to ~1.2 (measured: 1.2e-6). Parameters:
+# atol 1e-5 is more than STEPS Adam steps at lr 2e-6 (Adam moves a parameter by ~lr whatever its
+# gradient's scale, so a coordinate whose gradient is rounding noise may step the other way).
+# A gradient of the wrong scale moves parameters alike, so the gradients are what catch it.
 @pytest.mark.parametrize("layout", [dict(data=4, fsdp=2, tensor=1),
                                     dict(data=2, fsdp=2, tensor=2)])
 def test_sharded_train_steps_equal_single_device(setup, single_device, layout):
     assert jax.device_count() == 8, "tests/conftest.py asks for 8 CPU devices"
-    ref_losses, ref_params = single_device
-    losses, params, state = _train(setup, layout, jax.devices())
-    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
-    for got, want in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(ref_params)):
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    run = _train(setup, layout, jax.devices())
+    _assert_equal_to_single_device(run, single_device)
     # The layout really is sharded: FSDP splits the embedding dimension of the MLP kernel.
-    kernel = state.params["image_tower"]["encoder"]["block0"]["mlp"]["Dense_0"]["kernel"]
+    kernel = run.state.params["image_tower"]["encoder"]["block0"]["mlp"]["Dense_0"]["kernel"]
     assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
 
 
@@ -105,29 +123,33 @@ def _sharded_leaves(params, axis: str):
     return out
 
 
-def _assert_equal_to_single_device(losses, params, single_device):
-    # Tolerance as above: sharded reductions sum in another order.
-    ref_losses, ref_params = single_device
-    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
-    for got, want in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(ref_params)):
-        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-5)
+def _assert_equal_to_single_device(run: Run, single_device):
+    # Tolerances as above: sharded reductions sum in another order.
+    ref_losses, ref_params, ref_grad_norms, ref_grads = single_device
+    np.testing.assert_allclose(run.losses, ref_losses, rtol=1e-5)
+    np.testing.assert_allclose(run.grad_norms, ref_grad_norms, rtol=1e-5)
+    for got, want in zip(jax.tree_util.tree_leaves(run.raw_grads),
+                         jax.tree_util.tree_leaves(ref_grads)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    for got, want in zip(jax.tree_util.tree_leaves(run.params),
+                         jax.tree_util.tree_leaves(ref_params)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
 def test_fsdp_alone_equals_single_device(fsdp_run, single_device):
-    losses, params, state = fsdp_run
-    _assert_equal_to_single_device(losses, params, single_device)
+    _assert_equal_to_single_device(fsdp_run, single_device)
     # Parameters and optimizer state are split 8 ways along `embed`.
-    for tree in (state.params, state.opt_state):
+    for tree in (fsdp_run.state.params, fsdp_run.state.opt_state):
         sharded = _sharded_leaves(tree, "fsdp")
         assert sharded and all(np.prod(full) == 8 * np.prod(shard)
                                for full, shard in sharded.values())
 
 
 def test_tensor_parallel_alone_equals_single_device(setup, single_device):
-    losses, params, state = _train(setup, dict(data=1, fsdp=1, tensor=2), jax.devices()[:2])
-    _assert_equal_to_single_device(losses, params, single_device)
+    run = _train(setup, dict(data=1, fsdp=1, tensor=2), jax.devices()[:2])
+    _assert_equal_to_single_device(run, single_device)
     # Both towers split their heads and MLP hidden units over the two devices.
-    sharded = _sharded_leaves(state.params, "tensor")
+    sharded = _sharded_leaves(run.state.params, "tensor")
     for tower in ("image_tower", "text_tower"):
         for part in ("attn", "mlp"):
             paths = [p for p in sharded if tower in p and part in p]
@@ -138,7 +160,7 @@ def test_tensor_parallel_alone_equals_single_device(setup, single_device):
 def test_checkpoint_restores_under_another_mesh(setup, fsdp_run, tmp_path):
     """Saved from 8 devices as fsdp=8, restored on 4 others as data=2 x tensor=2."""
     target, devices = dict(data=2, fsdp=1, tensor=2), slice(4, 8)
-    _, _, saved = fsdp_run  # trained 2 steps: the optimizer moments are nonzero
+    saved = fsdp_run.state  # trained: the optimizer moments are nonzero
     ckpt = checkpoint.Checkpointer(str(tmp_path))
     ckpt.save(2, saved, {"iterator": {"position": 2}, "corrupt_records": 0})
     ckpt.close()
@@ -146,7 +168,7 @@ def test_checkpoint_restores_under_another_mesh(setup, fsdp_run, tmp_path):
     _, shardings, abstract, _ = _new_state(setup, target, jax.devices()[devices])
     restored, data_state = checkpoint.Checkpointer(str(tmp_path)).restore(2, abstract)
     assert data_state == {"iterator": {"position": 2}, "corrupt_records": 0}
-    assert int(restored.step) == 2
+    assert int(restored.step) == STEPS
     for got, want, sharding in zip(jax.tree_util.tree_leaves(restored),
                                    jax.tree_util.tree_leaves(saved),
                                    jax.tree_util.tree_leaves(shardings)):

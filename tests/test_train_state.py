@@ -26,8 +26,13 @@ def _optim_config(**overrides):
 
 
 def _run(accum_steps, batch, steps=3):
+    """(final state, per-step metrics, params before each step as NumPy) of `steps` steps.
+
+    Warm-up 0: the first step already trains at the full learning rate, so a wrong first
+    update cannot hide behind lr 0.
+    """
     model = Regressor()
-    tx, schedule = optim.make_optimizer(_optim_config(), 10)
+    tx, schedule = optim.make_optimizer(_optim_config(warmup_steps=0), 10)
     mesh = parallel.make_mesh(dict(data=-1, fsdp=1, tensor=1), jax.devices()[:1])
 
     def loss_fn(params, batch, rng):  # per-example mean: accumulation must not change it
@@ -37,22 +42,43 @@ def _run(accum_steps, batch, steps=3):
     init = lambda rng: model.init(rng, jnp.zeros((1, 4)))["params"]
     state, shardings, _ = create_train_state(init, tx, 0, mesh, RULES)
     step = make_train_step(loss_fn, tx, schedule, accum_steps, shardings, mesh)
+    history, params_before = [], []
     for _ in range(steps):
+        params_before.append(jax.tree_util.tree_map(np.asarray, state.params))
         state, metrics = step(state, parallel.global_batch(batch, mesh))
-    return state, metrics
+        history.append({k: float(v) for k, v in metrics.items()})
+    return state, history, params_before
+
+
+def _numpy_grad_norm(params, batch) -> float:
+    """|d/dW, d/db of mean((x W + b - y)^2)|: the raw gradient norm, before any clipping."""
+    kernel, bias = params["Dense_0"]["kernel"][:, 0], params["Dense_0"]["bias"][0]
+    residual = batch["x"] @ kernel + bias - batch["y"]  # [B]
+    grad_kernel = 2 * batch["x"].T @ residual / len(residual)  # [4]
+    grad_bias = 2 * residual.mean()
+    return float(np.sqrt(np.sum(grad_kernel**2) + grad_bias**2))
 
 
 def test_gradient_accumulation_equals_one_big_batch():
     rng = np.random.default_rng(0)
     batch = {"x": rng.normal(size=(8, 4)).astype(np.float32),
              "y": rng.normal(size=(8,)).astype(np.float32)}
-    full, full_metrics = _run(1, batch)
-    accumulated, accumulated_metrics = _run(4, batch)
+    full, full_history, _ = _run(1, batch)
+    accumulated, accumulated_history, params_before = _run(4, batch)
+    assert full_history[0]["train/lr"] == np.float32(0.1)  # the first step moves the params
+    # Raw gradients: Adam's update barely depends on the gradient's scale, so compare the norm
+    # of the averaged gradient itself (a sum over micro-batches would be 4x) at every step,
+    # against NumPy on the parameters that step started from.
+    for step in range(3):
+        want = _numpy_grad_norm(params_before[step], batch)
+        np.testing.assert_allclose(accumulated_history[step]["train/grad_norm"], want,
+                                   rtol=1e-5)
+        np.testing.assert_allclose(full_history[step]["train/grad_norm"], want, rtol=1e-5)
+        np.testing.assert_allclose(full_history[step]["train/loss"],
+                                   accumulated_history[step]["train/loss"], rtol=1e-5)
     for a, b in zip(jax.tree_util.tree_leaves(full.params),
                     jax.tree_util.tree_leaves(accumulated.params)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(full_metrics["train/loss"], accumulated_metrics["train/loss"],
-                               rtol=1e-5)
     assert int(accumulated.step) == 3
 
 

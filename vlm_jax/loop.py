@@ -34,19 +34,30 @@ class NonFiniteLossError(FloatingPointError):
 def check_workdir(workdir: str, config: ml_collections.ConfigDict, tokenizer) -> None:
     """Refuse to resume a workdir that holds a run of another model or vocabulary."""
     path = os.path.join(workdir, "config.json")
-    record = {"model": config.model.to_dict(), "tokenizer": tokenizer.fingerprint}
     if os.path.exists(path):
         with open(path) as f:
             saved = json.load(f)
+        record = _run_record(config, tokenizer)
         if {k: saved.get(k) for k in record} != record:
             raise checkpoint.CheckpointMismatchError(
                 f"{workdir} holds a run of a different model or tokenizer (see {path}); "
                 "use a new --workdir, or delete that one to start over"
             )
+
+
+def _run_record(config: ml_collections.ConfigDict, tokenizer) -> dict:
+    return {"model": config.model.to_dict(), "tokenizer": tokenizer.fingerprint}
+
+
+def write_run_record(workdir: str, config: ml_collections.ConfigDict, tokenizer) -> None:
+    """config.json: written once the model is built and any checkpoint restored, so a typo or a
+    refused resume never rewrites the record of the run that is there."""
     if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
+        path = os.path.join(workdir, "config.json")
+        record = {**_run_record(config, tokenizer),
+                  "config": json.loads(config.to_json_best_effort())}
         with open(path + ".tmp", "w") as f:
-            json.dump({**record, "config": json.loads(config.to_json_best_effort())}, f, indent=1)
+            json.dump(record, f, indent=1)
         os.replace(path + ".tmp", path)
 
 
@@ -68,15 +79,16 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     run_record = data_resume.run_record(config.data, config.batch_size, config.seed,
                                         jax.process_count())
     start_step, corrupt_records = 0, 0
-    if (latest := ckpt.latest_step()) is not None:
-        state, data_state = ckpt.restore(latest, abstract_state)
+    if (restored := ckpt.restore_latest_intact(abstract_state)) is not None:
+        start_step, state, data_state = restored
         # The data position is a function of the step: any process count resumes exactly.
-        if note := data_resume.check_resume(data_state, run_record, latest):
+        if note := data_resume.check_resume(data_state, run_record, start_step):
             print(note)
-        start_step, corrupt_records = latest, data_state["corrupt_records"]
-        print(f"resumed from {ckpt.directory} at step {latest}")
+        corrupt_records = data_state["corrupt_records"]
+        print(f"resumed from {ckpt.directory} at step {start_step}")
     elif config.get("init_from"):  # a fresh run starts from saved or imported weights
         state = init_from.load_into(state, config.init_from, config.get("init_from_regex", ".*"))
+    write_run_record(workdir, config, tokenizer)
     data_iter = pipeline.make_train_iterator(
         config.data, tokenizer, config.batch_size, seed=config.seed,
         process_index=jax.process_index(), process_count=jax.process_count(),
@@ -85,41 +97,44 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
 
     writer = MetricWriter(workdir, resume_step=start_step)
     progress = Progress(config.total_steps, config.batch_size, start_step)
-    preemption, preempted = PreemptionWatch(), False
-    for step in range(start_step + 1, config.total_steps + 1):
-        local_batch = next(data_iter)
-        local_corrupt += int(np.sum(local_batch.pop("num_corrupt")))
-        with nn.logical_axis_rules(rules):
-            state, metrics = train_step(state, parallel.global_batch(local_batch, mesh))
-        is_last = step == config.total_steps
-        preempted = preemption.reached()  # SIGTERM: save this step, then stop
-        save_now = step % config.checkpoint_every == 0 or is_last or preempted
-        if step % config.log_every == 0 or save_now:
-            # The only host sync in the loop: metrics of this step, fetched at log points.
-            scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            if not math.isfinite(scalars["train/loss"]):
-                raise NonFiniteLossError(
-                    f"loss is {scalars['train/loss']} at step {step}; the last checkpoint "
-                    f"(step {ckpt.latest_step()}) is kept. Lower optim.lr or raise "
-                    "optim.warmup_steps, then rerun with the same --workdir to resume")
-            # Every process reaches the log points: the sum over all of them is a collective.
-            total_corrupt = corrupt_records + _sum_over_processes(local_corrupt)
-            scalars["data/corrupt_records"] = total_corrupt
-            writer.write(step, scalars)
-            print(progress.line(step, scalars["train/loss"]), flush=True)
-        if save_now:
-            ckpt.save(step, state, data_resume.data_state(step, run_record, total_corrupt))
-        if preempted:
-            break
-        if config.eval_every and step % config.eval_every == 0 and not is_last:
-            writer.write(step, run_evals(trainer, model, state, tokenizer, mesh, config))
-    preemption.close()
-    ckpt.close()
-    data_iter.close()  # grain workers hold shared memory until closed
+    preemption, preempted, step = PreemptionWatch(), False, start_step
+    try:  # every way out (done, preempted, NaN, error) waits for the save in flight
+        for step in range(start_step + 1, config.total_steps + 1):
+            local_batch = next(data_iter)
+            local_corrupt += int(np.sum(local_batch.pop("num_corrupt")))
+            with nn.logical_axis_rules(rules):
+                state, metrics = train_step(state, parallel.global_batch(local_batch, mesh))
+            is_last = step == config.total_steps
+            preempted = preemption.reached()  # SIGTERM or Ctrl-C: save this step, then stop
+            save_now = step % config.checkpoint_every == 0 or is_last or preempted
+            if step % config.log_every == 0 or save_now:
+                # The only host sync in the loop: metrics of this step, fetched at log points.
+                scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                if not math.isfinite(scalars["train/loss"]):
+                    ckpt.wait()
+                    raise NonFiniteLossError(
+                        f"loss is {scalars['train/loss']} at step {step}; the last checkpoint "
+                        f"(step {ckpt.latest_step()}) is kept. Lower optim.lr or raise "
+                        "optim.warmup_steps, then rerun with the same --workdir to resume")
+                # Every process reaches the log points: the sum over all of them is a collective.
+                total_corrupt = corrupt_records + _sum_over_processes(local_corrupt)
+                scalars["data/corrupt_records"] = total_corrupt
+                writer.write(step, scalars)
+                print(progress.line(step, scalars["train/loss"]), flush=True)
+            if save_now:
+                ckpt.save(step, state, data_resume.data_state(step, run_record, total_corrupt))
+            if preempted:
+                break
+            if config.eval_every and step % config.eval_every == 0 and not is_last:
+                writer.write(step, run_evals(trainer, model, state, tokenizer, mesh, config))
+    finally:
+        preemption.close()
+        ckpt.close()
+        data_iter.close()  # grain workers hold shared memory until closed
     if preempted:
         writer.close()
-        print(f"stopped by SIGTERM at step {step}, checkpoint saved; rerun the same command "
-              "to resume", flush=True)
+        print(f"stopped by {preemption.signal_name} at step {step}, checkpoint saved; rerun the "
+              "same command to resume", flush=True)
         return {}
 
     results = run_evals(trainer, model, state, tokenizer, mesh, config)

@@ -4,12 +4,15 @@
         [--config.total_steps=100 --config.optim.lr=1e-3 ...]
 
 Rerunning with the same --workdir resumes from its latest checkpoint. Wrong config keys or
-values, a workdir of another model, or a NaN loss end with one line naming the problem.
+values, a workdir of another model, or a NaN loss end with one line naming the problem
+(vlm_jax/validate.py checks the config before anything is built). SIGTERM or Ctrl-C saves at
+a step boundary and exits 0; before training starts it just exits 0.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 from absl import app, flags, logging
@@ -38,7 +41,29 @@ def load(spec: str, overrides: list[str]):
     return config
 
 
+class Interrupted(Exception):
+    """SIGTERM or Ctrl-C outside the train steps (start-up, final evals): nothing is lost."""
+
+
+def _interrupt(signum, frame) -> None:
+    del frame
+    raise Interrupted(signal.Signals(signum).name)
+
+
 def main(overrides: list[str]) -> None:
+    # Until the train loop takes over (it saves at a step boundary), a SIGTERM or Ctrl-C stops
+    # the run cleanly: checkpoints are written atomically, so whatever is there stays intact.
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
+    try:
+        _main(overrides)
+    except Interrupted as stop:
+        print(f"stopped by {stop} before or after the train steps; the checkpoints in "
+              f"{_WORKDIR.value} are as they were. Rerun the same command to resume", flush=True)
+        sys.exit(0)
+
+
+def _main(overrides: list[str]) -> None:
     if not _CONFIG.value or not _WORKDIR.value:
         sys.exit("error: both --config=configs/<model>.py[:arg] and --workdir=DIR are needed")
     try:
@@ -46,15 +71,17 @@ def main(overrides: list[str]) -> None:
     except configlib.ConfigError as error:
         sys.exit(f"error: {error}")
     # Imported after the config is known to be good, so config errors come back instantly.
-    from vlm_jax import checkpoint, loop, parallel, trainers
+    import jax
 
-    try:  # evals the trainer cannot serve: an error now, not after training
-        trainers.check_evals(config)
-    except configlib.ConfigError as error:
-        sys.exit(f"error: {error}")
+    from vlm_jax import checkpoint, loop, parallel, trainers, validate
 
     logging.set_verbosity(logging.WARNING)  # orbax/grain info lines would bury the progress
     parallel.maybe_initialize_distributed()
+    try:
+        validate.check(config, _WORKDIR.value, jax.device_count())
+        trainers.check_evals(config)  # evals the trainer cannot serve: an error now
+    except configlib.ConfigError as error:
+        sys.exit(f"error: {error}")
     os.makedirs(_WORKDIR.value, exist_ok=True)
     print(config)
     try:

@@ -14,7 +14,7 @@ class MetricWriter:
     """Writes scalars to `workdir/metrics.jsonl` and `workdir/tensorboard` (process 0 only).
 
     On resume from `resume_step`, rows logged after that step by the interrupted run are dropped,
-    so the file reads as one uninterrupted run.
+    so the file reads as one uninterrupted run; so is a last line torn by a kill mid-write.
     """
 
     def __init__(self, workdir: str, resume_step: int = 0):
@@ -26,7 +26,8 @@ class MetricWriter:
         if os.path.exists(self.path):
             with open(self.path) as f:
                 rows = [line for line in f if line.strip()]
-            kept = [line for line in rows if json.loads(line).get("step", 0) <= resume_step]
+            kept = [line for line in _whole_rows(rows, self.path)
+                    if json.loads(line).get("step", 0) <= resume_step]
             with open(self.path + ".tmp", "w") as f:
                 f.writelines(kept)
             os.replace(self.path + ".tmp", self.path)
@@ -50,6 +51,18 @@ class MetricWriter:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+
+
+def _whole_rows(lines: list[str], path: str) -> list[str]:
+    """`lines` less a last one cut short by a kill (appends are whole lines until then)."""
+    if lines:
+        try:
+            json.loads(lines[-1])
+        except ValueError:
+            print(f"warning: dropped a torn last line of {path} (the run was killed while "
+                  "writing it)", flush=True)
+            lines = lines[:-1]
+    return [line if line.endswith("\n") else line + "\n" for line in lines]
 
 
 class Progress:

@@ -13,11 +13,13 @@ import train_throughput  # noqa: E402
 
 
 def test_clip_b16_flops_match_the_published_count():
-    # ViT-B/16 CLIP at 224 px, 77 text tokens: 123.5 GFLOP per sample forward + backward
-    # (the figure open_clip's peer benchmark uses; 3 x forward).
+    # ViT-B/16 CLIP at 224 px, 77 text tokens: 123.26 GFLOP per sample forward + backward
+    # (3 x forward; matmuls + attention, counted by hand). open_clip's peer benchmark rounds
+    # it to 123.5, 0.2% away: 0.1% is tighter than that rounding, so a dropped layer's term
+    # (one text block is ~1.6 GFLOP x 3) or a miscounted attention fails.
     config = configlib.load_config(os.path.join(ROOT, "configs/clip.py:variant=B/16"))
     flops = 3 * train_throughput.forward_flops_per_example(config)
-    assert abs(flops / 1e9 - 123.5) / 123.5 < 0.01, flops / 1e9
+    assert abs(flops / 1e9 - 123.26) / 123.26 < 0.001, flops / 1e9
 
 
 def test_tiny_smoke_run_prints_a_table():

@@ -52,6 +52,17 @@ def test_random_scores_are_at_chance():
         assert abs(metrics[metric] - chance) < 3 * standard_error, metric
 
 
+def test_chance_levels_by_brute_force_over_every_ordering():
+    """All 24 orderings of four distinct scores, equally likely under random scores: exactly
+    1/2 acc2, 1/4 text, 1/4 image, 1/6 group (the README's chance levels)."""
+    import itertools
+
+    orderings = np.array(list(itertools.permutations(range(4))), float).reshape(-1, 2, 2)
+    metrics = winoground_metrics(orderings)
+    for metric, chance in (("acc2", 1 / 2), ("text", 1 / 4), ("image", 1 / 4), ("group", 1 / 6)):
+        assert metrics[metric] == pytest.approx(chance, abs=1e-12), metric
+
+
 def test_pair_score_blocks_take_the_diagonal_blocks_of_the_full_matrix():
     rng = np.random.default_rng(1)
     num_pairs = 7

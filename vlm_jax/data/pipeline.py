@@ -23,6 +23,7 @@ import grain
 import numpy as np
 from absl import flags, logging
 
+from vlm_jax import preemption
 from vlm_jax.data import formats
 from vlm_jax.data.sources import CorruptRecordError, ExampleSource, make_source
 
@@ -238,7 +239,8 @@ def make_train_dataset(source: ExampleSource, data_config, tokenizer, global_bat
         # so every batch is the same for any worker count.
         dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(
             num_workers=data_config.workers,
-            per_worker_buffer_size=max(1, data_config.prefetch)))
+            per_worker_buffer_size=max(1, data_config.prefetch)),
+            worker_init_fn=preemption.die_with_parent)  # no worker outlives a kill -9
     # Tokenizing runs here, in the trainer process: tokenizers need not cross to workers.
     dataset = dataset.map(formats.BuildBatch(tokenizer, data_config))
     if data_config.prefetch > 0:  # a background thread, so batches overlap the train step
