@@ -8,6 +8,8 @@ maps both to mesh axes through `config.sharding_rules`, so a layout change is a 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 from typing import Any
 
@@ -90,9 +92,30 @@ REMAT_POLICIES = {
 }
 
 
+# The mesh activations are constrained on, set by `activation_mesh` (see
+# `parallel.activation_sharding`). Not flax's global mesh: under that, flax re-runs parameter
+# initializers to check shapes, and DenseGeneral's multi-axis kernels then fail their own
+# logical constraints.
+_ACTIVATION_MESH: contextvars.ContextVar = contextvars.ContextVar("activation_mesh",
+                                                                  default=None)
+
+
+@contextlib.contextmanager
+def activation_mesh(mesh):
+    """Within it, `constrain` places activations on `mesh` (by the active logical rules)."""
+    token = _ACTIVATION_MESH.set(mesh)
+    try:
+        yield
+    finally:
+        _ACTIVATION_MESH.reset(token)
+
+
 def constrain(x: jax.Array, names: tuple[str | None, ...] = ACTIVATION_AXES) -> jax.Array:
-    """Shard an activation by logical names; a no-op outside a mesh + rules context."""
-    return nn.with_logical_constraint(x, names)
+    """Shard an activation by logical names; a no-op outside `activation_mesh`."""
+    mesh = _ACTIVATION_MESH.get()
+    if mesh is None:
+        return x
+    return nn.with_logical_constraint(x, names, mesh=mesh)
 
 
 # ---------------------------------------------------------------------------------------------
