@@ -1,4 +1,5 @@
-"""Decoder blocks (layers.Block, causal or cross-attention): the KV-cache path equals the whole-sequence path, and matches a NumPy block."""
+"""Decoder blocks (layers.Block, causal or cross-attention): the KV-cache path equals the
+whole-sequence path, and matches a NumPy block."""
 
 import flax.linen as nn
 import jax

@@ -16,8 +16,8 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from vlm_jax import decoding, parallel
-from vlm_jax.losses import generative
 from vlm_jax import generation as coca  # CoCa's inference drivers (moved from models/coca)
+from vlm_jax.losses import generative
 from vlm_jax.trainers.contrastive import (  # noqa: F401  (make_scorer: same towers' interface)
     contrastive_term,
     make_scorer,
