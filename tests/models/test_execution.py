@@ -127,7 +127,8 @@ def _family(name, execution):
                                        Execution(attention="xla", pad_multiple=8, remat="dots")])
 def test_llip_and_coca_outputs_and_gradients_do_not_depend_on_execution(name, execution):
     images = np.random.default_rng(1).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
-    tokens = np.array([[5, 6, 7, 3, 0, 0, 0], [8, 9, 3, 0, 0, 0, 0]], np.int32)  # odd length
+    # Length 6: the unimodal half runs 7 tokens (text + [CLS]), the multimodal 6; both get padded.
+    tokens = np.array([[5, 6, 7, 3, 0, 0], [8, 9, 3, 0, 0, 0]], np.int32)
     reference = _family(name, Execution())
     params = reference.init(jax.random.PRNGKey(0), images, tokens)
 
@@ -139,8 +140,10 @@ def test_llip_and_coca_outputs_and_gradients_do_not_depend_on_execution(name, ex
     value, grads = jax.value_and_grad(loss)(params, reference)
     other_value, other_grads = jax.value_and_grad(loss)(params, _family(name, execution))
     np.testing.assert_allclose(other_value, value, rtol=1e-5)
+    # Measured: at most 4e-6 absolute on gradients of size ~1e-2 (summation order of the
+    # padded/rematerialised matmuls); reading a padded token instead of [CLS] is off by O(1).
     for a, b in zip(jax.tree_util.tree_leaves(other_grads), jax.tree_util.tree_leaves(grads)):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_execution_reaches_llip_towers_and_coca_decoders():
