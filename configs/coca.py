@@ -22,7 +22,7 @@ def get_config(arg=None):
     c.loss = dict(contrastive="softmax", contrastive_weight=1.0, caption_weight=2.0,
                   variant="gspmd", bidirectional=False)  # variant: gspmd|gather|ring
     c.model = dict(
-        name="coca", embed_dim=512, caption_queries=256, pool_heads=8,
+        name="coca", execution=common.execution(), embed_dim=512, caption_queries=256, pool_heads=8,
         logit_scale_init=math.log(1 / 0.07), max_logit_scale=100.0,
         pad_id=PAD_ID, bos_id=BOS_ID,
         ln_eps=1e-6, activation="gelu",  # poolers + decoder (open_clip: 1e-5, gelu_exact)

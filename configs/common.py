@@ -10,10 +10,15 @@ import ml_collections
 
 from vlm_jax import evals
 
-# Logical axis name -> mesh axes. Parameters' `embed` dimension is split over fsdp (FSDP);
-# heads / mlp / vocab over tensor (tensor parallel). Edit to change the layout.
+# Logical axis name -> mesh axes, for parameters and activations alike. Parameters' `embed`
+# dimension is split over fsdp (FSDP); heads / mlp / vocab over tensor (tensor parallel).
+# `batch` places every batch (parallel.batch_axes) and the blocks' activations
+# [batch, length, embed]. A mesh axis serves one logical name per array, the first rule
+# first: under these rules an activation's `embed` stays whole (batch took fsdp).
+# Edit to change the layout.
 SHARDING_RULES = (
     ("batch", ("data", "fsdp")),
+    ("length", None),
     ("embed", "fsdp"),
     ("mlp", "tensor"),
     ("heads", "tensor"),

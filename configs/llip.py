@@ -30,7 +30,7 @@ def get_config(arg=None):
         scale = dict(logit_scale_init=math.log(1 / 0.07), logit_bias_init=None,
                      max_logit_scale=100.0)
     c.model = dict(
-        name="llip", embed_dim=768,
+        name="llip", execution=common.execution(), embed_dim=768,
         num_mixture_tokens=arg.mixture_tokens or 64, temperature=arg.temperature, **scale,
         # The pooled output is unused (the mixture tokens are the image's output): "gap"
         # pools without parameters.

@@ -175,3 +175,29 @@ def test_checkpoint_restores_under_another_mesh(setup, fsdp_run, tmp_path):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
         assert got.sharding == sharding
         assert set(got.sharding.device_set) <= set(jax.devices()[devices])
+
+
+def test_the_batch_rule_places_batches_and_block_activations():
+    mesh = parallel.make_mesh(dict(data=4, fsdp=2, tensor=1), jax.devices()[:8])
+    default = (("batch", ("data", "fsdp")), ("length", None), ("embed", "fsdp"))
+    data_only = (("batch", "data"), ("length", None), ("embed", "fsdp"))
+    assert parallel.batch_axes(None) == parallel.BATCH_AXES
+    assert parallel.batch_sharding(mesh, default).spec == jax.sharding.PartitionSpec(
+        ("data", "fsdp"))
+    batch = parallel.global_batch({"x": np.zeros((8, 3), np.float32)}, mesh, data_only)
+    assert batch["x"].sharding.spec == jax.sharding.PartitionSpec("data")
+    assert len(batch["x"].sharding.device_set) == 8 and batch["x"].addressable_shards[0] \
+        .data.shape == (2, 3)  # 8 rows over data=4 only: 2 per device, fsdp replicates
+    with pytest.raises(ValueError, match="no \\('batch', ...\\) rule"):
+        parallel.batch_axes((("embed", "fsdp"),))
+    # The blocks constrain their activations by the same rule.
+    block = models.layers.Block(4, 64, 32)
+    x = jnp.ones((8, 5, 32))
+    params = block.init(jax.random.PRNGKey(0), x)
+    # A fresh jit each time: jax's trace cache does not key on flax's rules context. With batch
+    # on data only, fsdp is free, so the activations' embed takes it (as the rules say).
+    for rules, spec in ((default, '[{"data", "fsdp"}, {}, {}]'),
+                        (data_only, '[{"data"}, {}, {"fsdp"}]')):
+        with parallel.activation_sharding(mesh, rules):
+            assert spec in jax.jit(block.apply).lower(params, x).as_text()
+    assert "sharding_constraint" not in jax.jit(block.apply).lower(params, x).as_text()

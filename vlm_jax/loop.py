@@ -102,8 +102,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         for step in range(start_step + 1, config.total_steps + 1):
             local_batch = next(data_iter)
             local_corrupt += int(np.sum(local_batch.pop("num_corrupt")))
-            with nn.logical_axis_rules(rules):
-                state, metrics = train_step(state, parallel.global_batch(local_batch, mesh))
+            state, metrics = train_step(state, parallel.global_batch(local_batch, mesh, rules))
             is_last = step == config.total_steps
             preempted = preemption.reached()  # SIGTERM or Ctrl-C: save this step, then stop
             save_now = step % config.checkpoint_every == 0 or is_last or preempted
@@ -161,7 +160,7 @@ def build(config: ml_collections.ConfigDict, trainer, vocab_size: int, mesh, rul
             init_params, tx, config.seed, mesh, rules)
     loss_fn = trainer.make_loss_fn(model, config, mesh=mesh)
     train_step = make_train_step(loss_fn, tx, schedule, config.grad_accum_steps, shardings, mesh,
-                                 param_rules=config.optim.get("param_rules", ()))
+                                 param_rules=config.optim.get("param_rules", ()), rules=rules)
     return model, state, abstract_state, train_step
 
 

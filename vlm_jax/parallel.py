@@ -7,6 +7,7 @@ axes, so data parallel, FSDP and tensor parallel are mesh shapes, not code paths
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import importlib.util
 import os
@@ -18,7 +19,10 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from vlm_jax.models import layers
+
 MESH_AXES = ("data", "fsdp", "tensor")
+# The batch placement when no rules are given; a config's `("batch", ...)` rule overrides it.
 BATCH_AXES = ("data", "fsdp")
 # Set by srun inside a job step; sbatch alone sets only some (its script is one process).
 _SLURM_STEP = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID",
@@ -131,13 +135,46 @@ def logical_shardings(abstract_boxed, mesh: Mesh, rules) -> object:
     return nn.logical_to_mesh_sharding(specs, mesh, rules)
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Leading (batch) dimension split over data and fsdp, the rest replicated."""
-    return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+def batch_axes(rules: Sequence[tuple[str, object]] | None = None) -> tuple[str, ...]:
+    """The mesh axes the leading (batch) dimension is split over: the `batch` rule of `rules`
+    (`logical_rules(config)`), or BATCH_AXES without rules. A rule mapping batch to None
+    replicates batches."""
+    if rules is None:
+        return BATCH_AXES
+    for name, axes in rules:
+        if name == "batch":
+            if axes is None:
+                return ()
+            axes = (axes,) if isinstance(axes, str) else tuple(axes)
+            unknown = [axis for axis in axes if axis not in MESH_AXES]
+            if unknown:
+                raise ValueError(f"sharding rule ('batch', {axes}) names mesh axis "
+                                 f"{unknown[0]!r}; the mesh axes are {MESH_AXES}")
+            return axes
+    raise ValueError("sharding_rules has no ('batch', ...) rule; add one, e.g. "
+                     "('batch', ('data', 'fsdp'))")
 
 
-def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """Assemble per-process arrays into global jax.Arrays sharded over the batch axes."""
-    sharding = batch_sharding(mesh)
+def batch_sharding(mesh: Mesh, rules: Sequence[tuple[str, object]] | None = None
+                   ) -> NamedSharding:
+    """Leading (batch) dimension split over `batch_axes(rules)`, the rest replicated."""
+    return NamedSharding(mesh, PartitionSpec(batch_axes(rules) or None))
+
+
+def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh,
+                 rules: Sequence[tuple[str, object]] | None = None) -> dict[str, jax.Array]:
+    """Assemble per-process arrays into global jax.Arrays sharded over the batch axes (of
+    `rules`' batch rule when given, else BATCH_AXES)."""
+    sharding = batch_sharding(mesh, rules)
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
             for k, v in local_batch.items()}
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh, rules: Sequence[tuple[str, object]]):
+    """The context in which the blocks' activation constraints (`layers.constrain`: [batch,
+    length, embed] by logical name) take effect while a model is traced: the logical rules and
+    the mesh. Outside it the constraints are no-ops; trace the train step inside it."""
+    with nn.logical_axis_rules(rules), layers.activation_mesh(mesh):
+        yield
+

@@ -63,8 +63,12 @@ def make_train_step(
     state_shardings: TrainState,
     mesh: Mesh,
     param_rules: Sequence[tuple[str, str]] = (),
+    rules: Sequence[tuple[str, object]] | None = None,
 ):
     """jit(train_step) with explicit shardings and the state donated.
+
+    `rules` (the config's logical sharding rules) place the batch (its `batch` rule) and the
+    activations the blocks constrain by logical name; None keeps the default batch axes.
 
     Parameters that `param_rules` freeze get no gradient (`optim.stop_frozen_gradients`).
 
@@ -79,6 +83,13 @@ def make_train_step(
         return grads, metrics
 
     def train_step(state: TrainState, batch: dict):
+        if rules is None:
+            return unconstrained_train_step(state, batch)
+        # Entered while jit traces the step, so the blocks' activation constraints see it.
+        with parallel.activation_sharding(mesh, rules):
+            return unconstrained_train_step(state, batch)
+
+    def unconstrained_train_step(state: TrainState, batch: dict):
         rng = jax.random.fold_in(state.rng, state.step)
         if grad_accum_steps == 1:
             grads, metrics = grads_and_metrics(state.params, batch, rng)
@@ -115,7 +126,7 @@ def make_train_step(
     replicated = NamedSharding(mesh, PartitionSpec())
     return jax.jit(
         train_step,
-        in_shardings=(state_shardings, parallel.batch_sharding(mesh)),
+        in_shardings=(state_shardings, parallel.batch_sharding(mesh, rules)),
         out_shardings=(state_shardings, replicated),
         donate_argnums=0,
     )

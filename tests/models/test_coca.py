@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import coca as coca_config
-from vlm_jax import decoding, models, parallel, serving
+from vlm_jax import decoding, generation, models, parallel, serving
 from vlm_jax.data.tokenizer import world_tokenizer
 from vlm_jax.models import coca
 from vlm_jax.trainers import coca as coca_trainer
@@ -71,7 +71,7 @@ def test_cached_decoding_gives_the_teacher_forcing_logits(model_and_params):
 def test_cached_greedy_decoding_equals_greedy_by_full_recomputation(model_and_params):
     model, params = model_and_params
     settings = decoding.DecodeSettings(strategy="greedy", max_len=6)
-    tokens, extras = jax.jit(lambda images: coca.generate(
+    tokens, extras = jax.jit(lambda images: generation.generate(
         model, params, images, settings, eos_id=EOS))(IMAGES)
     _, image_extras = _apply(model, params, IMAGES, method=model.encode_image)
     expected = np.full((3, 6), PAD, np.int32)
@@ -83,7 +83,7 @@ def test_cached_greedy_decoding_equals_greedy_by_full_recomputation(model_and_pa
             if expected[row, position] == EOS:
                 break
     np.testing.assert_array_equal(tokens, expected)
-    likelihood = coca.caption_log_likelihood(model, params, IMAGES, jnp.asarray(expected))
+    likelihood = generation.caption_log_likelihood(model, params, IMAGES, jnp.asarray(expected))
     np.testing.assert_allclose(extras["log_prob"], likelihood, rtol=1e-4)
 
 
@@ -121,7 +121,7 @@ def test_captions_depend_on_the_image(model_and_params):
 
 def test_caption_log_likelihood_sums_real_token_log_probs(model_and_params):
     model, params = model_and_params
-    scores = coca.caption_log_likelihood(model, params, IMAGES, TEXT)
+    scores = generation.caption_log_likelihood(model, params, IMAGES, TEXT)
     _, image_extras = _apply(model, params, IMAGES, method=model.encode_image)
     logits = np.asarray(_apply(model, params, image_extras["caption_tokens"], TEXT,
                                method=model.caption_logits), np.float64)
@@ -130,7 +130,7 @@ def test_caption_log_likelihood_sums_real_token_log_probs(model_and_params):
     np.testing.assert_allclose(scores, np.where(TEXT != PAD, token_log_probs, 0).sum(-1),
                                rtol=1e-5)
     padded = np.concatenate([TEXT[:, :8], np.zeros((3, 2), np.int32)], axis=1)
-    np.testing.assert_allclose(coca.caption_log_likelihood(model, params, IMAGES, padded),
+    np.testing.assert_allclose(generation.caption_log_likelihood(model, params, IMAGES, padded),
                                scores, rtol=1e-5)
 
 
@@ -206,21 +206,21 @@ def test_captioner_matches_the_model_on_a_mesh_for_any_row_count():
     # The captioner speaks texts (evals.caption_model.CaptionModel): the model's tokens, decoded.
     captions = captioner.generate(IMAGES)  # 3 rows over 8 devices
     settings = serving.decode_settings(config)
-    expected, _ = coca.generate(model, params, IMAGES, settings, eos_id=tokenizer.eos_id)
+    expected, _ = generation.generate(model, params, IMAGES, settings, eos_id=tokenizer.eos_id)
     assert captions == tokenizer.decode(np.asarray(expected))
 
     texts = ["a red circle.", "two blue squares.", "a cross."]
     text_tokens = tokenizer.encode(texts, config.data.text_length)
     np.testing.assert_allclose(
         captioner.log_likelihood(IMAGES, texts),
-        coca.caption_log_likelihood(model, params, IMAGES, text_tokens), rtol=1e-4)
+        generation.caption_log_likelihood(model, params, IMAGES, text_tokens), rtol=1e-4)
 
     # A prompt is forced, then stripped: the result is what the model adds after it.
     prompts = ["a red", "two", "a"]
     prompted = captioner.generate(IMAGES, prompts)
     prompt = tokenizer.encode(prompts, 6)
     prompt[prompt == tokenizer.eos_id] = 0
-    full, _ = coca.generate(model, params, IMAGES, settings, eos_id=tokenizer.eos_id,
+    full, _ = generation.generate(model, params, IMAGES, settings, eos_id=tokenizer.eos_id,
                             prompt=jnp.asarray(prompt))
     for row, length in enumerate((prompt != 0).sum(1)):
         assert prompted[row] == tokenizer.decode(np.asarray(full)[row : row + 1, length:])[0]

@@ -1,11 +1,20 @@
-"""Decoder blocks: the KV-cache path equals the whole-sequence path, and matches a NumPy block."""
+"""Decoder blocks (layers.Block, causal or cross-attention): the KV-cache path equals the
+whole-sequence path, and matches a NumPy block."""
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vlm_jax.models.decoder import CausalBlock, CrossAttentionBlock, step_mask
+from vlm_jax.models.layers import Block, step_mask
+
+
+def CausalBlock(width, heads, mlp):  # noqa: N802  (the decoder's block, as coca.py builds it)
+    return Block(heads, mlp, width, is_causal=True)
+
+
+def CrossAttentionBlock(width, heads, mlp):  # noqa: N802
+    return Block(heads, mlp, width, cross_attention=True)
 
 WIDTH, HEADS, MLP, LENGTH = 16, 2, 32, 6
 X = np.random.default_rng(0).normal(size=(2, LENGTH, WIDTH)).astype(np.float32)
@@ -69,7 +78,7 @@ def test_blocks_match_a_numpy_reference():
     cross = CrossAttentionBlock(WIDTH, HEADS, MLP)
 
     def run(module, x, context):
-        return module(x, module.context_keys_values(context))
+        return module(x, context_kv=module.context_keys_values(context))
 
     variables = cross.init(jax.random.PRNGKey(2), X, CONTEXT, method=run)
     params = jax.tree_util.tree_map(np.asarray, nn.unbox(variables["params"]))

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vlm_jax.models.vit import ViT, decode_variant
+from vlm_jax.models.sizes import decode_variant
+from vlm_jax.models.vit import ViT
 
 
 def _param_count(module, image_size):

@@ -14,23 +14,6 @@ import jax.numpy as jnp
 from vlm_jax.models import layers
 
 
-class PostNormBlock(nn.Module):
-    """x = norm1(x + attn(x)); x = norm2(x + mlp(x)) — the original Transformer / BERT block."""
-
-    num_heads: int
-    mlp_dim: int
-    dtype: jnp.dtype = jnp.float32
-    ln_eps: float = 1e-12
-    activation: str = "gelu_exact"
-
-    @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
-        x = x + layers.Attention(self.num_heads, self.dtype, name="attn")(x, mask=mask)
-        x = layers.LayerNorm(self.dtype, self.ln_eps, name="norm1")(x)
-        x = x + layers.Mlp(self.mlp_dim, self.dtype, self.activation, name="mlp")(x)
-        return layers.LayerNorm(self.dtype, self.ln_eps, name="norm2")(x)
-
-
 class BertTextTower(nn.Module):
     """Token + position + token-type(0) embeddings -> LayerNorm -> post-norm blocks -> pool.
 
@@ -79,8 +62,9 @@ class BertTextTower(nn.Module):
         x = layers.LayerNorm(self.dtype, self.ln_eps, name="embedding_norm")(x)
         mask = text_mask[:, None, None, :]  # [B, 1, 1, L]: padded keys are never attended
         for i in range(self.depth):
-            x = PostNormBlock(self.num_heads, self.mlp_dim, self.dtype, self.ln_eps,
-                              self.activation, name=f"block{i}")(x, mask)
+            # The original Transformer / BERT block: norm1(x + attn(x)); norm2(x + mlp(x)).
+            x = layers.Block(self.num_heads, self.mlp_dim, self.width, self.dtype, self.ln_eps,
+                             self.activation, norm_position="post", name=f"block{i}")(x, mask)
         if self.pool == "first":
             pooled = x[:, 0]
         else:

@@ -12,7 +12,9 @@ The poolers are open_clip's "parallel" attentional pooling (the paper's): both r
 ViT's final-normed tokens. Text tokens arrive as the tokenizer makes them (tokens, EOS,
 right-padding, no BOS); the model prepends BOS itself, so `caption_logits[:, t]` predicts
 `text_tokens[:, t]`. Decoding runs the unimodal and multimodal halves one token at a time
-against a fixed-size KV cache (`init_cache`, `decode_step`); `vlm_jax.decoding` drives it.
+against a fixed-size KV cache (`init_cache`, `decode_step`); `vlm_jax.generation` drives it.
+Both halves are stacks of `layers.Block`; `execution` (attention kernel, padding, remat) applies
+to the ViT and to both halves alike.
 """
 
 from __future__ import annotations
@@ -23,11 +25,9 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 
-from vlm_jax import decoding
-from vlm_jax.losses import generative
-from vlm_jax.models import layers, two_tower
-from vlm_jax.models.decoder import CausalBlock, CrossAttentionBlock
+from vlm_jax.models import layers, sizes, two_tower
 from vlm_jax.models.two_tower import l2_normalize
 from vlm_jax.models.vit import ViT
 
@@ -57,7 +57,23 @@ class AttentionalPooler(nn.Module):
             queries.astype(self.dtype))
         context = layers.LayerNorm(self.dtype, self.ln_eps, name="norm_context")(tokens)
         queries = jnp.broadcast_to(queries, (tokens.shape[0], *queries.shape))
-        return layers.Attention(self.num_heads, self.dtype, name="attn")(queries, context)
+        attention = layers.Attention(self.num_heads, self.width, self.dtype, name="attn")
+        return attention(queries, context)
+
+
+def causal_blocks(half: nn.Module, depth: int, cross_attention: bool = False) -> list:
+    """`depth` blocks of a decoder half: causal self-attention, or cross-attention to the image
+    (not causal: every text position sees every caption token), built as `half.execution` says.
+    Scanned layers are refused: the KV-cache decoding steps through the blocks one by one."""
+    run = half.execution
+    if run.scan_layers:
+        raise ValueError("execution.scan_layers is not supported by CoCa's decoder halves "
+                         "(cached decoding runs the blocks one by one); set it to False")
+    block = run.remat_block(layers.Block)
+    return [block(half.num_heads, half.mlp_dim, half.width, half.dtype, half.ln_eps,
+                  half.activation, is_causal=not cross_attention,
+                  implementation=run.implementation, cross_attention=cross_attention)
+            for _ in range(depth)]
 
 
 class UnimodalDecoder(nn.Module):
@@ -75,6 +91,7 @@ class UnimodalDecoder(nn.Module):
     dtype: jnp.dtype = jnp.float32
     ln_eps: float = 1e-6
     activation: str = "gelu"
+    execution: layers.Execution = layers.Execution()
 
     def setup(self):
         self.token_embedding = nn.Embed(
@@ -92,8 +109,7 @@ class UnimodalDecoder(nn.Module):
             "cls_embedding", nn.with_logical_partitioning(nn.initializers.normal(0.01), ("embed",)),
             (self.width,),
         )
-        self.blocks = [CausalBlock(self.width, self.num_heads, self.mlp_dim, self.dtype,
-                                   self.ln_eps, self.activation) for _ in range(self.depth)]
+        self.blocks = causal_blocks(self, self.depth)
         self.norm = layers.LayerNorm(self.dtype, self.ln_eps)
 
     def __call__(self, inputs: jax.Array):  # [B, L] -> ([B, D], [B, L, D])
@@ -110,9 +126,10 @@ class UnimodalDecoder(nn.Module):
         # (last) sees every real token but no padding.
         valid = jnp.concatenate([inputs != self.pad_id, jnp.ones((batch, 1), bool)], axis=1)
         mask = valid[:, None, None, :]  # [B, 1, 1, L + 1]
+        x, mask, kv_lengths = layers.pad_sequence(x, mask, self.execution.pad_multiple)
         for block in self.blocks:
-            x = block(x, mask=mask)
-        return self.norm(x[:, -1]), x[:, :-1]
+            x = block(x, mask, kv_lengths)
+        return self.norm(x[:, length]), x[:, :length]
 
     def decode(self, token: jax.Array, cache: list, position: jax.Array):
         """One input token [B] at `position` -> (state [B, 1, D], updated cache)."""
@@ -140,12 +157,11 @@ class MultimodalDecoder(nn.Module):
     dtype: jnp.dtype = jnp.float32
     ln_eps: float = 1e-6
     activation: str = "gelu"
+    execution: layers.Execution = layers.Execution()
 
     def setup(self):
-        sizes = (self.width, self.num_heads, self.mlp_dim, self.dtype, self.ln_eps,
-                 self.activation)
-        self.self_blocks = [CausalBlock(*sizes) for _ in range(self.depth)]
-        self.cross_blocks = [CrossAttentionBlock(*sizes) for _ in range(self.depth)]
+        self.self_blocks = causal_blocks(self, self.depth)
+        self.cross_blocks = causal_blocks(self, self.depth, cross_attention=True)
         self.norm = layers.LayerNorm(self.dtype, self.ln_eps)
         self.lm_head = nn.Dense(
             self.vocab_size, use_bias=False, dtype=self.dtype,
@@ -157,10 +173,13 @@ class MultimodalDecoder(nn.Module):
         return [block.context_keys_values(image_tokens) for block in self.cross_blocks]
 
     def __call__(self, x: jax.Array, context_kv: list) -> jax.Array:  # [B, L, D] -> [B, L, V]
+        length = x.shape[1]
+        # Padded query rows are cut at the end; the context (caption tokens) is not padded.
+        x, _, kv_lengths = layers.pad_sequence(x, None, self.execution.pad_multiple)
         for self_block, cross_block, kv in zip(
                 self.self_blocks, self.cross_blocks, context_kv, strict=True):
-            x = cross_block(self_block(x), kv)
-        return self.lm_head(self.norm(x))
+            x = cross_block(self_block(x, None, kv_lengths), None, None, kv)
+        return self.lm_head(self.norm(x[:, :length]))
 
     def decode(self, x: jax.Array, cache: list, context_kv: list, position: jax.Array):
         """One state [B, 1, D] at `position` -> (logits [B, 1, V], updated self-attention cache)."""
@@ -168,7 +187,7 @@ class MultimodalDecoder(nn.Module):
         for self_block, cross_block, block_cache, kv in zip(
                 self.self_blocks, self.cross_blocks, cache, context_kv, strict=True):
             x, block_cache = self_block.decode(x, block_cache, position)
-            x = cross_block(x, kv)
+            x = cross_block(x, None, None, kv)
             new_cache.append(block_cache)
         return self.lm_head(self.norm(x)), new_cache
 
@@ -202,6 +221,7 @@ class CoCa(nn.Module):
     bos_id: int = 2
     ln_eps: float = 1e-6
     activation: str = "gelu"
+    execution: layers.Execution = layers.Execution()  # the ViT's and both decoder halves'
     dtype: jnp.dtype = jnp.float32
 
     def setup(self):
@@ -213,12 +233,13 @@ class CoCa(nn.Module):
         if self.multimodal["width"] != width:
             raise ValueError(f"multimodal width {self.multimodal['width']} must equal the text "
                              f"width {width}: the halves share one residual stream")
-        self.image_tower = ViT(**self.image, dtype=self.dtype)
+        self.image_tower = ViT(**{"execution": self.execution, **self.image}, dtype=self.dtype)
         self.contrastive_pool = AttentionalPooler(
             width, 1, self.pool_heads, self.dtype, self.ln_eps)
         self.caption_pool = AttentionalPooler(
             width, self.caption_queries, self.pool_heads, self.dtype, self.ln_eps)
-        norms = dict(dtype=self.dtype, ln_eps=self.ln_eps, activation=self.activation)
+        norms = dict(dtype=self.dtype, ln_eps=self.ln_eps, activation=self.activation,
+                     execution=self.execution)
         self.unimodal = UnimodalDecoder(**self.text, pad_id=self.pad_id, **norms)
         self.multimodal_decoder = MultimodalDecoder(
             vocab_size=self.text["vocab_size"], **self.multimodal, **norms)
@@ -283,33 +304,13 @@ class CoCa(nn.Module):
         return logits[:, 0], cache
 
 
-def caption_log_likelihood(model: CoCa, params, images: jax.Array,
-                           text_tokens: jax.Array) -> jax.Array:
-    """log p(text | image) [N]: the sum of the text's token log-probs, padding ignored (EOS
-    counts: it says the caption is complete)."""
-    _, image_extras = model.apply({"params": params}, images, method=model.encode_image)
-    return text_log_likelihood(model, params, image_extras["caption_tokens"], text_tokens)
 
-
-def text_log_likelihood(model: CoCa, params, caption_tokens: jax.Array,
-                        text_tokens: jax.Array) -> jax.Array:
-    """`caption_log_likelihood` from the images' caption tokens [N, Q, D] (`encode_image`), so
-    scoring many texts per image runs the image tower once (repeat the caption tokens)."""
-    logits = model.apply({"params": params}, caption_tokens, text_tokens,
-                         method=model.caption_logits)
-    return generative.sequence_log_likelihood(logits, text_tokens, text_tokens != model.pad_id)
-
-
-def generate(model: CoCa, params, images: jax.Array, settings: decoding.DecodeSettings, *,
-             eos_id: int, rng: jax.Array | None = None, prompt: jax.Array | None = None):
-    """Captions for `images`: (tokens int32 [N, settings.max_len] in the tokenizer's layout,
-    tokens then EOS then padding; extras of `decoding.generate`). Jit it with `settings` static."""
-    _, image_extras = model.apply({"params": params}, images, method=model.encode_image)
-    cache = model.apply({"params": params}, image_extras["caption_tokens"], settings.max_len,
-                        method=model.init_cache)
-
-    def step(cache, token, position):
-        return model.apply({"params": params}, cache, token, position, method=model.decode_step)
-
-    return decoding.generate(step, cache, settings, bos_id=model.bos_id, eos_id=eos_id,
-                             pad_id=model.pad_id, rng=rng, prompt=prompt)
+def from_config(model_config: ml_collections.ConfigDict, vocab_size: int,
+                dtype=jnp.float32) -> CoCa:
+    """`model.name = "coca"`: `model.execution` reaches the ViT and both decoder halves."""
+    return CoCa(
+        image=sizes.tower_kwargs(model_config.image),
+        text=sizes.sequence_kwargs(model_config.text, vocab_size=vocab_size),
+        multimodal=sizes.sequence_kwargs(model_config.multimodal),
+        execution=layers.Execution(**model_config.get("execution", {})),
+        **sizes.model_fields(CoCa, model_config, ("image", "text", "multimodal")), dtype=dtype)

@@ -1,11 +1,15 @@
-"""Transformer building blocks shared by every tower: attention, MLP, pre-norm block, poolers.
+"""Transformer building blocks shared by every tower: one attention, one block, the encoder
+stack, poolers, norms, MLPs, RoPE and attention masks.
 
-Every parameter carries logical axis names (`embed`, `mlp`, `heads`, `head_dim`, `vocab`, ...);
-`vlm_jax.parallel` maps them to mesh axes, so a layout change is a config edit.
+Every parameter carries logical axis names (`embed`, `mlp`, `heads`, `head_dim`, `vocab`, ...)
+and every block constrains its activations to ("batch", "length", "embed"); `vlm_jax.parallel`
+maps both to mesh axes through `config.sharding_rules`, so a layout change is a config edit.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 from typing import Any
 
@@ -14,6 +18,9 @@ import jax
 import jax.numpy as jnp
 
 Dtype = Any
+KVCache = dict[str, jax.Array]  # {"key": [B, S, Hkv, Dh], "value": [B, S, Hkv, Dh]}
+# The logical names of the residual stream, which every block constrains at its boundaries.
+ACTIVATION_AXES = ("batch", "length", "embed")
 
 
 def dense_init(names: tuple[str, ...], init=None):
@@ -36,12 +43,13 @@ ACTIVATIONS = {
     "gelu": nn.gelu,
     "gelu_exact": lambda x: nn.gelu(x, approximate=False),
     "quick_gelu": quick_gelu,
+    "silu": nn.silu,
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class Execution:
-    """How an encoder is computed, never what: every choice gives the same outputs.
+    """How a tower is computed, never what: every choice gives the same outputs.
 
     attention: "xla" or "cudnn" (fused flash attention on NVIDIA GPUs), passed to
         `jax.nn.dot_product_attention(implementation=...)`; "auto" lets JAX choose.
@@ -70,12 +78,91 @@ class Execution:
     def implementation(self) -> str | None:
         return None if self.attention == "auto" else self.attention
 
+    def remat_block(self, block: type[nn.Module]) -> type[nn.Module]:
+        """`block` recomputed in the backward pass as `remat` says (itself for "none")."""
+        if self.remat == "none":
+            return block
+        return nn.remat(block, policy=REMAT_POLICIES[self.remat])
+
 
 REMAT_POLICIES = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,
     "dots": jax.checkpoint_policies.checkpoint_dots,
 }
+
+
+# The mesh activations are constrained on, set by `activation_mesh` (see
+# `parallel.activation_sharding`). Not flax's global mesh: under that, flax re-runs parameter
+# initializers to check shapes, and DenseGeneral's multi-axis kernels then fail their own
+# logical constraints.
+_ACTIVATION_MESH: contextvars.ContextVar = contextvars.ContextVar("activation_mesh",
+                                                                  default=None)
+
+
+@contextlib.contextmanager
+def activation_mesh(mesh):
+    """Within it, `constrain` places activations on `mesh` (by the active logical rules)."""
+    token = _ACTIVATION_MESH.set(mesh)
+    try:
+        yield
+    finally:
+        _ACTIVATION_MESH.reset(token)
+
+
+def constrain(x: jax.Array, names: tuple[str | None, ...] = ACTIVATION_AXES) -> jax.Array:
+    """Shard an activation by logical names; a no-op outside `activation_mesh`."""
+    mesh = _ACTIVATION_MESH.get()
+    if mesh is None:
+        return x
+    return nn.with_logical_constraint(x, names, mesh=mesh)
+
+
+# ---------------------------------------------------------------------------------------------
+# Masks and positions
+
+
+def make_attention_mask(mask_ar: jax.Array, valid: jax.Array) -> jax.Array:
+    """bool [B, 1, L, L] from mask_ar int/bool [B, L] and valid bool [B, L] (PaliGemma's rule).
+
+    Token i sees token j iff cumsum(mask_ar)[j] <= cumsum(mask_ar)[i] and both are valid.
+    mask_ar all 1: causal; all 0: bidirectional; 0 on a prefix then 1: prefix-LM (the prefix
+    sees itself whole); 1 at the first token of each block, 0 inside: block-causal.
+    A row with no valid key (a padded query) is all False; its output is meaningless and must
+    be ignored by the caller (e.g. through a loss mask).
+    """
+    cumulative = jnp.cumsum(jnp.asarray(mask_ar, jnp.int32), axis=1)  # [B, L]
+    sees = cumulative[:, None, :] <= cumulative[:, :, None]  # [B, Lq, Lk]
+    valid = jnp.asarray(valid, bool)
+    return (sees & valid[:, None, :] & valid[:, :, None])[:, None]
+
+
+def step_mask(position: jax.Array, num_queries: int, max_len: int) -> jax.Array:
+    """bool [1, 1, T, max_len]: query t (at position + t) sees the cached keys up to itself."""
+    query_positions = position + jnp.arange(num_queries)[:, None]  # [T, 1]
+    return (jnp.arange(max_len)[None, :] <= query_positions)[None, None]
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+    """Rotary position embedding of x [B, L, H, Dh] at positions int [B|1, L], rotate-half
+    layout (pairs (d, d + Dh/2) rotate together, as in LLaMA/GPT-NeoX checkpoints).
+
+    Frequency of pair d: theta^(-2d/Dh). Computed in float32, returned in x's dtype.
+    """
+    head_dim = x.shape[-1]
+    if head_dim % 2:
+        raise ValueError(f"RoPE needs an even head_dim, got {head_dim}")
+    half = head_dim // 2
+    inverse_freq = theta ** (-jnp.arange(half, dtype=jnp.float32) * 2.0 / head_dim)  # [Dh/2]
+    angles = positions.astype(jnp.float32)[..., None] * inverse_freq  # [B, L, Dh/2]
+    cos, sin = jnp.cos(angles)[:, :, None], jnp.sin(angles)[:, :, None]  # [B, L, 1, Dh/2]
+    first, second = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
+    rotated = jnp.concatenate([first * cos - second * sin, second * cos + first * sin], axis=-1)
+    return rotated.astype(x.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Norms and MLPs
 
 
 class LayerNorm(nn.Module):
@@ -94,46 +181,39 @@ class LayerNorm(nn.Module):
         )(x)
 
 
-class Attention(nn.Module):
-    """Multi-head attention through `jax.nn.dot_product_attention` (cuDNN/XLA fused paths).
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * scale over the last axis (no mean, no bias); float32 stats.
 
-    `mask`: bool [B, 1|H, Lq, Lk], True where attention is allowed. `is_causal` adds the causal
-    mask. Queries come from `x`, keys/values from `context` (self-attention when None).
+    `axis_name` is the scale's logical name: "embed" in blocks, "head_dim" for QK-norm.
     """
 
-    num_heads: int
     dtype: Dtype = jnp.float32
-    implementation: str | None = None  # jax.nn.dot_product_attention's; None: JAX chooses
+    eps: float = 1e-6
+    axis_name: str | None = "embed"
 
     @nn.compact
-    def __call__(self, x, context=None, mask=None, is_causal: bool = False, kv_lengths=None):
-        context = x if context is None else context
-        width = x.shape[-1]
-        head_dim = width // self.num_heads
-        if head_dim * self.num_heads != width:
-            raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}")
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = self.param(
+            "scale", nn.with_logical_partitioning(nn.initializers.ones_init(), (self.axis_name,)),
+            (x.shape[-1],))
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (normed * scale.astype(jnp.float32)).astype(self.dtype)
 
-        def project(name, inputs):
-            return nn.DenseGeneral(
-                (self.num_heads, head_dim),
-                dtype=self.dtype,
-                kernel_init=dense_init(("embed", "heads", "head_dim")),
-                bias_init=zeros_init(("heads", "head_dim")),
-                name=name,
-            )(inputs)
 
-        q, k, v = project("query", x), project("key", context), project("value", context)
-        out = jax.nn.dot_product_attention(
-            q, k, v, mask=mask, is_causal=is_causal, key_value_seq_lengths=kv_lengths,
-            implementation=self.implementation)
-        return nn.DenseGeneral(
-            width,
-            axis=(-2, -1),
-            dtype=self.dtype,
-            kernel_init=dense_init(("heads", "head_dim", "embed")),
-            bias_init=zeros_init(("embed",)),
-            name="out",
-        )(out)
+NORMS = {"layernorm": LayerNorm, "rmsnorm": RMSNorm}
+
+
+def make_norm(kind: str, dtype: Dtype, eps: float, name: str | None = None) -> nn.Module:
+    if kind not in NORMS:
+        raise ValueError(f"norm {kind!r} must be one of {sorted(NORMS)}")
+    return NORMS[kind](dtype, eps, name=name)
+
+
+def _activation(name: str):
+    if name not in ACTIVATIONS:
+        raise ValueError(f"activation {name!r} must be one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
 
 
 class Mlp(nn.Module):
@@ -152,9 +232,7 @@ class Mlp(nn.Module):
             kernel_init=dense_init(("embed", "mlp")),
             bias_init=zeros_init(("mlp",)),
         )(x)
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation {self.activation!r} must be one of {sorted(ACTIVATIONS)}")
-        x = ACTIVATIONS[self.activation](x)
+        x = _activation(self.activation)(x)
         return nn.Dense(
             width,
             dtype=self.dtype,
@@ -163,28 +241,255 @@ class Mlp(nn.Module):
         )(x)
 
 
-class EncoderBlock(nn.Module):
-    """Pre-norm transformer block: x + attn(norm(x)); x + mlp(norm(x))."""
+class SwiGLU(nn.Module):
+    """Gated MLP (LLaMA): down(act(gate(x)) * up(x)), no biases; `activation` "silu" is SwiGLU,
+    "gelu" GeGLU."""
+
+    mlp_dim: int
+    dtype: Dtype = jnp.float32
+    activation: str = "silu"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        def dense(features, names, name):
+            return nn.Dense(features, use_bias=False, dtype=self.dtype,
+                            kernel_init=dense_init(names), name=name)
+
+        hidden = _activation(self.activation)(dense(self.mlp_dim, ("embed", "mlp"), "gate")(x))
+        hidden = hidden * dense(self.mlp_dim, ("embed", "mlp"), "up")(x)
+        return dense(x.shape[-1], ("mlp", "embed"), "down")(hidden)
+
+
+MLPS = {"mlp": Mlp, "swiglu": SwiGLU}
+
+
+# ---------------------------------------------------------------------------------------------
+# Attention
+
+
+def kv_cache(batch_size: int, max_len: int, num_heads: int, head_dim: int, dtype) -> KVCache:
+    """An empty (zero) self-attention cache for `max_len` positions."""
+    shape = (batch_size, max_len, num_heads, head_dim)
+    return {"key": jnp.zeros(shape, dtype), "value": jnp.zeros(shape, dtype)}
+
+
+class Attention(nn.Module):
+    """Multi-head attention through `jax.nn.dot_product_attention` (cuDNN/XLA fused paths).
+
+    Self-attention (`context` None) or cross-attention (keys/values from `context`, or already
+    projected in `context_kv`: computed once per sequence with `keys_values`). Options:
+    grouped-query heads (`num_kv_heads` < num_heads: each key/value head serves
+    num_heads / num_kv_heads query heads), `head_dim` (0: width // num_heads), RoPE on
+    self-attention queries and keys (`rope_theta` > 0), QK-norm (an RMSNorm per head over
+    head_dim on queries and keys, before RoPE), and a KV cache (`decode`, `init_cache`).
+
+    `mask`: bool broadcastable to [B, H, Lq, Lk], True where attention is allowed (see
+    `make_attention_mask`); `is_causal` adds the causal mask; `kv_lengths` int [B] the number
+    of valid keys (padding at the end).
+    """
+
+    num_heads: int
+    width: int  # the model width: input and output size
+    dtype: Dtype = jnp.float32
+    implementation: str | None = None  # jax.nn.dot_product_attention's; None: JAX chooses
+    num_kv_heads: int = 0  # 0: num_heads (multi-head); 1: multi-query
+    head_dim: int = 0  # 0: width // num_heads
+    rope_theta: float = 0.0  # 0: no RoPE
+    qk_norm: bool = False
+    qk_norm_eps: float = 1e-6
+    use_bias: bool = True
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_kv_heads or self.num_heads
+
+    @property
+    def dims_per_head(self) -> int:
+        return self.head_dim or self.width // self.num_heads
+
+    def setup(self):
+        if not self.head_dim and self.width % self.num_heads:
+            raise ValueError(f"width {self.width} is not divisible by num_heads {self.num_heads}")
+        if self.num_heads % self.kv_heads:
+            raise ValueError(f"num_heads {self.num_heads} is not a multiple of num_kv_heads "
+                             f"{self.kv_heads}")
+
+        def project(heads):
+            return nn.DenseGeneral(
+                (heads, self.dims_per_head), dtype=self.dtype, use_bias=self.use_bias,
+                kernel_init=dense_init(("embed", "heads", "head_dim")),
+                bias_init=zeros_init(("heads", "head_dim")))
+
+        self.query = project(self.num_heads)
+        self.key, self.value = project(self.kv_heads), project(self.kv_heads)
+        self.out = nn.DenseGeneral(
+            self.width, axis=(-2, -1), dtype=self.dtype, use_bias=self.use_bias,
+            kernel_init=dense_init(("heads", "head_dim", "embed")),
+            bias_init=zeros_init(("embed",)))
+        if self.qk_norm:
+            self.query_norm = RMSNorm(self.dtype, self.qk_norm_eps, "head_dim")
+            self.key_norm = RMSNorm(self.dtype, self.qk_norm_eps, "head_dim")
+
+    def _positioned(self, x: jax.Array, which: str, positions) -> jax.Array:
+        """QK-norm then RoPE on projected queries or keys x [B, L, H, Dh]."""
+        if self.qk_norm:
+            x = (self.query_norm if which == "query" else self.key_norm)(x)
+        if self.rope_theta and positions is not None:
+            x = apply_rope(x, positions, self.rope_theta)
+        return x
+
+    def keys_values(self, context: jax.Array, positions=None) -> KVCache:
+        """Projected keys and values of context [B, S, D] -> 2 x [B, S, Hkv, Dh]; `positions`
+        [B|1, S] rotate the keys (self-attention with RoPE only)."""
+        key = self._positioned(self.key(context), "key", positions)
+        return {"key": key, "value": self.value(context)}
+
+    def _attend(self, x, keys_values: KVCache, positions, mask, is_causal, kv_lengths):
+        query = self._positioned(self.query(x), "query", positions)
+        key, value = (keys_values[name].astype(query.dtype) for name in ("key", "value"))
+        out = jax.nn.dot_product_attention(
+            query, key, value, mask=mask, is_causal=is_causal, key_value_seq_lengths=kv_lengths,
+            implementation=self.implementation)
+        return self.out(out)
+
+    def __call__(self, x: jax.Array, context: jax.Array | None = None, mask=None,
+                 is_causal: bool = False, kv_lengths=None, context_kv: KVCache | None = None):
+        """x [B, L, D] -> [B, L, D]. Self-attention positions are 0..L-1 (for RoPE)."""
+        positions = None
+        if context_kv is None:
+            if context is None:  # self-attention
+                positions = jnp.arange(x.shape[1])[None]
+                context_kv = self.keys_values(x, positions)
+            else:
+                context_kv = self.keys_values(context)
+        return self._attend(x, context_kv, positions, mask, is_causal, kv_lengths)
+
+    def decode(self, x: jax.Array, cache: KVCache, position: jax.Array, mask=None):
+        """Self-attention of tokens x [B, T, D] at positions position..position+T-1 against the
+        cache holding the earlier ones: (out [B, T, D], cache with these keys/values written).
+        `mask` (optional, [B, 1|H, T, max_len]) narrows the step mask further."""
+        positions = position + jnp.arange(x.shape[1])[None]  # [1, T]
+        new = self.keys_values(x, positions)
+        cache = {
+            name: jax.lax.dynamic_update_slice_in_dim(
+                cache[name], new[name].astype(cache[name].dtype), position, axis=1)
+            for name in ("key", "value")
+        }
+        allowed = step_mask(position, x.shape[1], cache["key"].shape[1])
+        if mask is not None:
+            allowed = allowed & mask
+        return self._attend(x, cache, positions, allowed, False, None), cache
+
+    def init_cache(self, batch_size: int, max_len: int) -> KVCache:
+        return kv_cache(batch_size, max_len, self.kv_heads, self.dims_per_head, self.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# The block
+
+
+NORM_POSITIONS = ("pre", "post", "output")
+
+
+class Block(nn.Module):
+    """A transformer block: attention, then an MLP, each in a residual branch.
+
+    norm_position "pre" (ViT, CLIP, LLaMA): x + f(norm(x)); "post" (BERT): norm(x + f(x));
+    "output" (Chameleon / Swin-v2): x + norm(f(x)). `cross_attention`: the attention reads a
+    context (its own norm "norm_context"; the query norm is "norm_query") instead of the block's
+    input (norm "norm1"). Parameter names: norm1 | norm_query + norm_context, attn, norm2, mlp.
+    """
 
     num_heads: int
     mlp_dim: int
+    width: int
     dtype: Dtype = jnp.float32
     ln_eps: float = 1e-6
     activation: str = "gelu"
     is_causal: bool = False  # an attribute, not an argument, so remat/scan see only arrays
     implementation: str | None = None
+    cross_attention: bool = False
+    norm: str = "layernorm"  # NORMS
+    norm_position: str = "pre"  # NORM_POSITIONS
+    mlp_type: str = "mlp"  # MLPS
+    num_kv_heads: int = 0
+    head_dim: int = 0
+    rope_theta: float = 0.0
+    qk_norm: bool = False
 
-    @nn.compact
-    def __call__(self, x, mask=None, kv_lengths=None):
-        attention = Attention(self.num_heads, self.dtype, self.implementation, name="attn")
-        x = x + attention(LayerNorm(self.dtype, self.ln_eps, name="norm1")(x), mask=mask,
-                          is_causal=self.is_causal, kv_lengths=kv_lengths)
-        mlp = Mlp(self.mlp_dim, self.dtype, self.activation, name="mlp")
-        return x + mlp(LayerNorm(self.dtype, self.ln_eps, name="norm2")(x))
+    def setup(self):
+        if self.norm_position not in NORM_POSITIONS:
+            raise ValueError(f"norm_position {self.norm_position!r} must be one of "
+                             f"{NORM_POSITIONS}")
+        if self.mlp_type not in MLPS:
+            raise ValueError(f"mlp_type {self.mlp_type!r} must be one of {sorted(MLPS)}")
+        norm = lambda: make_norm(self.norm, self.dtype, self.ln_eps)
+        if self.cross_attention:
+            self.norm_query, self.norm_context = norm(), norm()
+        else:
+            self.norm1 = norm()
+        self.attn = Attention(
+            self.num_heads, self.width, self.dtype, self.implementation, self.num_kv_heads,
+            self.head_dim, 0.0 if self.cross_attention else self.rope_theta, self.qk_norm)
+        self.norm2 = norm()
+        self.mlp = MLPS[self.mlp_type](self.mlp_dim, self.dtype, self.activation)
+
+    @property
+    def _attention_norm(self) -> nn.Module:
+        return self.norm_query if self.cross_attention else self.norm1
+
+    def _residual(self, x: jax.Array, branch, norm: nn.Module) -> jax.Array:
+        if self.norm_position == "pre":
+            return x + branch(norm(x))
+        if self.norm_position == "post":
+            return norm(x + branch(x))
+        return x + norm(branch(x))
+
+    def _mlp_half(self, x: jax.Array) -> jax.Array:
+        return constrain(self._residual(x, self.mlp, self.norm2))
+
+    def context_keys_values(self, context: jax.Array) -> KVCache:
+        """A cross-attention block's keys/values of context [B, S, C], computed once."""
+        return self.attn.keys_values(self.norm_context(context))
+
+    def __call__(self, x: jax.Array, mask=None, kv_lengths=None,
+                 context_kv: KVCache | None = None) -> jax.Array:
+        """x [B, L, D] -> [B, L, D]; a cross-attention block takes `context_kv`."""
+        x = constrain(x)
+        if self.cross_attention:
+            if context_kv is None:
+                raise ValueError("a cross-attention block needs context_kv "
+                                 "(Block.context_keys_values of the context)")
+            attend = lambda h: self.attn(h, mask=mask, kv_lengths=kv_lengths,
+                                         context_kv=context_kv)
+        else:
+            attend = lambda h: self.attn(h, mask=mask, is_causal=self.is_causal,
+                                         kv_lengths=kv_lengths)
+        return self._mlp_half(self._residual(x, attend, self._attention_norm))
+
+    def decode(self, x: jax.Array, cache: KVCache, position: jax.Array, mask=None):
+        """A causal self-attention block on tokens x [B, T, D] at position..position+T-1
+        (earlier ones in `cache`): (outputs [B, T, D], updated cache)."""
+        outputs = {}
+
+        def attend(h):
+            out, outputs["cache"] = self.attn.decode(h, cache, position, mask)
+            return out
+
+        x = self._residual(x, attend, self.norm1)
+        return self._mlp_half(x), outputs["cache"]
+
+    def init_cache(self, batch_size: int, max_len: int) -> KVCache:
+        return self.attn.init_cache(batch_size, max_len)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stacks and poolers
 
 
 class Encoder(nn.Module):
-    """A stack of `depth` pre-norm blocks followed by a final LayerNorm."""
+    """A stack of `depth` blocks followed by a final norm (`block` holds extra Block fields:
+    norm, mlp_type, num_kv_heads, rope_theta, qk_norm, ...)."""
 
     depth: int
     num_heads: int
@@ -193,18 +498,18 @@ class Encoder(nn.Module):
     ln_eps: float = 1e-6
     activation: str = "gelu"
     execution: Execution = Execution()
+    block: tuple[tuple[str, Any], ...] = ()
 
     @nn.compact
     def __call__(self, x, mask=None, is_causal: bool = False):
         run = self.execution
         length = x.shape[1]
         x, mask, kv_lengths = pad_sequence(x, mask, run.pad_multiple)
-        block = EncoderBlock
-        if run.remat != "none":
-            block = nn.remat(block, policy=REMAT_POLICIES[run.remat])
-        settings = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, dtype=self.dtype,
-                        ln_eps=self.ln_eps, activation=self.activation, is_causal=is_causal,
-                        implementation=run.implementation)
+        block = run.remat_block(Block)
+        settings = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, width=x.shape[-1],
+                        dtype=self.dtype, ln_eps=self.ln_eps, activation=self.activation,
+                        is_causal=is_causal, implementation=run.implementation,
+                        **dict(self.block))
         if run.scan_layers:
             scanned = nn.scan(
                 _scan_body(block, settings), variable_axes={"params": 0},
@@ -214,7 +519,9 @@ class Encoder(nn.Module):
         else:
             for i in range(self.depth):
                 x = block(**settings, name=f"block{i}")(x, mask, kv_lengths)
-        return LayerNorm(self.dtype, self.ln_eps, name="norm")(x[:, :length])
+        norm = make_norm(dict(self.block).get("norm", "layernorm"), self.dtype, self.ln_eps,
+                         name="norm")
+        return norm(x[:, :length])
 
 
 def _scan_body(block, settings: dict):
@@ -265,7 +572,6 @@ class AttentionPool(nn.Module):
             (self.num_queries, width),
         )
         queries = jnp.broadcast_to(probe.astype(tokens.dtype), (tokens.shape[0], *probe.shape))
-        x = Attention(self.num_heads, self.dtype, name="attn")(queries, tokens, mask=mask)
+        x = Attention(self.num_heads, width, self.dtype, name="attn")(queries, tokens, mask=mask)
         mlp = Mlp(self.mlp_dim, self.dtype, self.activation, name="mlp")
         return x + mlp(LayerNorm(self.dtype, self.ln_eps, name="norm")(x))
-

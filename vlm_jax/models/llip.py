@@ -18,8 +18,9 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 
-from vlm_jax.models import layers, two_tower
+from vlm_jax.models import layers, sizes, two_tower
 from vlm_jax.models.two_tower import l2_normalize
 from vlm_jax.models.vit import ViT
 
@@ -127,3 +128,13 @@ class Llip(nn.Module):
     def __call__(self, images: jax.Array | None, text_tokens: jax.Array | None):
         extras = {**two_tower.logit_extras(self), "attention": self.mixture_attention()}
         return two_tower.encode_pairs(self, images, text_tokens, extras)  # mixture, text_emb
+
+
+def from_config(model_config: ml_collections.ConfigDict, vocab_size: int,
+                dtype=jnp.float32) -> Llip:
+    """`model.name = "llip"`: `model.execution` reaches both towers (BERT's excepted)."""
+    execution = layers.Execution(**model_config.get("execution", {}))
+    return Llip(
+        image=dict(sizes.tower_kwargs(model_config.image), execution=execution),
+        text=sizes.text_kwargs(model_config.text, vocab_size, execution),
+        **sizes.model_fields(Llip, model_config, ("image", "text")), dtype=dtype)

@@ -7,8 +7,9 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 
-from vlm_jax.models import layers
+from vlm_jax.models import layers, sizes
 from vlm_jax.models.bert import BertTextTower
 from vlm_jax.models.text import TextTransformer
 from vlm_jax.models.vit import ViT
@@ -107,3 +108,13 @@ class TwoTower(nn.Module):
 
     def __call__(self, images: jax.Array | None, text_tokens: jax.Array | None):
         return encode_pairs(self, images, text_tokens, logit_extras(self))
+
+
+def from_config(model_config: ml_collections.ConfigDict, vocab_size: int,
+                dtype=jnp.float32) -> TwoTower:
+    """`model.name = "two_tower"`: `model.execution` reaches both towers (BERT's excepted)."""
+    execution = layers.Execution(**model_config.get("execution", {}))
+    return TwoTower(
+        image=dict(sizes.tower_kwargs(model_config.image), execution=execution),
+        text=sizes.text_kwargs(model_config.text, vocab_size, execution),
+        **sizes.model_fields(TwoTower, model_config, ("image", "text")), dtype=dtype)

@@ -1,36 +1,12 @@
-"""Vision Transformer image tower with big_vision-style variants ("B/16": width 768, depth 12)."""
+"""Vision Transformer image tower; its big_vision-style variants ("B/16") are in `sizes`."""
 
 from __future__ import annotations
-
-import re
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from vlm_jax.models import layers
-
-# name -> (width, depth, num_heads, mlp_dim)
-VARIANTS = {
-    "Ti": (192, 12, 3, 768),
-    "S": (384, 12, 6, 1536),
-    "M": (512, 12, 8, 2048),
-    "B": (768, 12, 12, 3072),
-    "L": (1024, 24, 16, 4096),
-    "So400m": (1152, 27, 16, 4304),
-}
-
-
-def decode_variant(variant: str) -> dict:
-    """Sizes of a variant: "B/16" -> width, depth, num_heads, mlp_dim, patch_size (16)."""
-    match = re.fullmatch(r"(\w+?)(?:/(\d+))?", variant)
-    if not match or match.group(1) not in VARIANTS:
-        raise ValueError(f"unknown ViT variant {variant!r}; use one of {sorted(VARIANTS)}[/patch]")
-    width, depth, num_heads, mlp_dim = VARIANTS[match.group(1)]
-    sizes = dict(width=width, depth=depth, num_heads=num_heads, mlp_dim=mlp_dim)
-    if match.group(2):
-        sizes["patch_size"] = int(match.group(2))
-    return sizes
 
 
 def to_float_image(images: jax.Array, dtype=jnp.float32) -> jax.Array:

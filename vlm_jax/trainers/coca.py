@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from vlm_jax import serving
+from vlm_jax import generation, serving
 from vlm_jax.evals.caption_model import CaptionModel
 from vlm_jax.evals.scoring import Scorer
 from vlm_jax.losses import generative, terms
@@ -60,11 +60,11 @@ def make_captioner(model: coca.CoCa, params, tokenizer, mesh,
             "config.model.bos_id / pad_id to the tokenizer's")
 
     def generate_tokens(p, images, settings, rng, prompt):
-        tokens, _ = coca.generate(model, p, images, settings, eos_id=tokenizer.eos_id, rng=rng,
-                                  prompt=prompt)
+        tokens, _ = generation.generate(model, p, images, settings, eos_id=tokenizer.eos_id,
+                                        rng=rng, prompt=prompt)
         return tokens
 
     return serving.make_captioner(
         generate_tokens,
-        lambda p, images, tokens: coca.caption_log_likelihood(model, p, images, tokens),
+        lambda p, images, tokens: generation.caption_log_likelihood(model, p, images, tokens),
         params, tokenizer, mesh, serving.decode_settings(config), config.data.text_length)
