@@ -14,7 +14,6 @@ import ml_collections
 
 from vlm_jax.configlib import ConfigError
 
-MODELS = ("two_tower", "llip", "coca")
 SOURCES = ("world", "array_record", "tfds")
 
 
@@ -73,12 +72,11 @@ def _check_batch(config, device_count: int) -> None:
 def _check_names(config) -> None:
     from vlm_jax import models, trainers
 
-    if config.trainer not in trainers.TRAINERS:
-        raise ConfigError(f"trainer={config.trainer!r} is unknown; use one of "
-                          f"{', '.join(trainers.TRAINERS)}")
-    if config.model.name not in MODELS:
-        raise ConfigError(f"model.name={config.model.name!r} is unknown; use one of "
-                          f"{', '.join(MODELS)}")
+    for field, name, known in (("trainer", config.trainer, trainers.TRAINERS),
+                               ("model.name", config.model.name, models.FAMILIES)):
+        if name not in known and not name.startswith(models.MODULE_PREFIX):
+            raise ConfigError(f"{field}={name!r} is unknown; use one of {', '.join(known)}, "
+                              "or module:<import path> for one kept outside vlm_jax")
     for tower in ("image", "text"):
         if tower in config.model:
             try:
@@ -86,11 +84,11 @@ def _check_names(config) -> None:
             except ValueError as error:
                 raise ConfigError(f"model.{tower}: {error}") from None
     if config.trainer == "contrastive" and "loss" in config:
-        from vlm_jax.trainers import contrastive
+        from vlm_jax.losses import terms
 
-        if config.loss.name not in contrastive.LOSSES:
+        if config.loss.name not in terms.LOSSES:
             raise ConfigError(f"loss.name={config.loss.name!r} is unknown; use one of "
-                              f"{', '.join(contrastive.LOSSES)}")
+                              f"{', '.join(terms.LOSSES)}")
 
 
 def _check_data(data) -> None:

@@ -2,7 +2,8 @@
 
 Its own model (a tiny MLP that predicts an image's mean colour), its own init batch (one
 input, `image`, unlike the image-text families' `images` + `text_tokens`), its own loss, no
-eval capabilities; `config.trainer = "module:test_toy_family"` names it. Nothing under
+eval capabilities; `config.trainer` and `config.model.name` = "module:test_toy_family"
+name it. Nothing under
 vlm_jax/ knows about it.
 """
 
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 
 from configs import common
-from vlm_jax import configlib, loop, models, trainers
+from vlm_jax import configlib, loop, trainers
 from vlm_jax.data import world
 
 THIS_MODULE = "module:test_toy_family"
@@ -80,22 +81,7 @@ def toy_config() -> ml_collections.ConfigDict:
     return c
 
 
-@pytest.fixture
-def family_models(monkeypatch):
-    """`models.build_model` resolving "module:<path>" model names to that module's
-    `from_config`, as the lazy model registry does (vlm_jax/models/__init__.py, branch models);
-    the two-tower families build as before."""
-    build = models.build_model
-
-    def build_model(model_config, vocab_size, dtype=jnp.float32):
-        if model_config.name == THIS_MODULE:
-            return from_config(model_config, vocab_size, dtype)
-        return build(model_config, vocab_size, dtype)
-
-    monkeypatch.setattr(models, "build_model", build_model)
-
-
-def test_a_family_defined_in_a_test_trains_through_the_unchanged_loop(tmp_path, family_models):
+def test_a_family_defined_in_a_test_trains_through_the_unchanged_loop(tmp_path):
     config = toy_config()
     assert loop.train(config, str(tmp_path)) == {}  # it serves no eval
     with open(tmp_path / "metrics.jsonl") as f:
