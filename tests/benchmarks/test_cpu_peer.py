@@ -1,0 +1,31 @@
+"""cpu_peer's profile buckets: op names from a compiled CLIP tiny step land where they belong."""
+
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+import cpu_peer  # noqa: E402
+
+STACK = "jit(train_step)/jvp(TwoTower)/TwoTower.encode_text/text_tower/encoder/block3"
+
+
+def test_op_categories_follow_the_name_stack_and_the_fused_op():
+    matmul = cpu_peer.op_category(f"{STACK}/mlp/Dense_0/dot_general",
+                                  "ynn_fusion.307 = f32[6144,512]{1,0} fusion(...)")
+    assert matmul.startswith("matmuls")
+    attention = cpu_peer.op_category(f"{STACK}/attn/vmap()/div", "divide_fusion.3 = fusion()")
+    assert attention.startswith("attention")
+    assert cpu_peer.op_category(f"{STACK}/norm1/LayerNorm_0/mul", "fusion.1 = f32[]").startswith(
+        "layer norms")
+    assert cpu_peer.op_category(f"{STACK}/mlp/tanh", "multiply_tanh_fusion.1 = f32[]").startswith(
+        "elementwise")
+    assert cpu_peer.op_category("jit(train_step)/jvp()/reduce_max", "r = f32[]").startswith("loss")
+    optimizer = cpu_peer.op_category("jit(train_step)/jit(tree_bias_correction)/div", "d = f32[]")
+    assert optimizer.startswith("optimizer")
+
+
+def test_markdown_table_rows_line_up_with_the_header():
+    table = cpu_peer.markdown_table(["a", "b"], [["x", 1.23456], ["y", 2.0]])
+    assert table.splitlines() == ["| a | b |", "| --- | --- |", "| x | 1.23 |", "| y | 2 |"]
