@@ -92,8 +92,10 @@ class LoadChunk:
     not single examples, cross from worker processes: one shared-memory block per array.
     """
 
-    def __init__(self, source: ExampleSource, image_size: int, flip: bool, seed: int):
+    def __init__(self, source: ExampleSource, image_size: int, flip: bool, seed: int,
+                 crop: str = "fit"):
         self.source, self.image_size, self.flip, self.seed = source, image_size, flip, seed
+        self.crop = crop  # "fit" | "center" | "random_resized" (vlm_jax/data/images.py)
 
     def __call__(self, chunk: list[tuple[int, int]]) -> dict[str, np.ndarray]:
         images = np.zeros((len(chunk), self.image_size, self.image_size, 3), np.uint8)
@@ -104,7 +106,14 @@ class LoadChunk:
             except CorruptRecordError as error:
                 corrupt[k] = str(error)
                 continue
-            image, caption = fit_image(example["image"], self.image_size), example["caption"]
+            if self.crop == "fit":
+                image = fit_image(example["image"], self.image_size)
+            else:  # the crop's own stream (seed, position, 1): the flip coin below is unchanged
+                from vlm_jax.data import images
+
+                image = images.crop_image(example["image"], self.image_size, self.crop,
+                                          np.random.default_rng((self.seed, position, 1)))
+            caption = example["caption"]
             # The coin depends on the global position only: the same for any process count.
             if self.flip and np.random.default_rng((self.seed, position)).random() < 0.5:
                 image, caption = image[:, ::-1], swap_left_right(caption)
@@ -189,7 +198,8 @@ def make_train_dataset(source: ExampleSource, data_config, tokenizer, global_bat
         )
     order = ProcessOrder(len(source), global_batch_size, process_index, process_count,
                          seed=seed, shuffle=data_config.shuffle)
-    chunks = order.map(LoadChunk(source, data_config.image_size, data_config.flip, seed))
+    chunks = order.map(LoadChunk(source, data_config.image_size, data_config.flip, seed,
+                                 data_config.get("crop", "fit")))
     # Chunks load synchronously (in a worker process, or in the prefetch thread below): the
     # sources are CPU-bound NumPy/decode work, where more threads only contend for the GIL.
     dataset = chunks.to_iter_dataset(grain.ReadOptions(num_threads=0))
