@@ -404,7 +404,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             tfds_data_dir=args.tfds_data_dir, image_key=args.image_key,
             caption_key=args.caption_key)
     except ConvertError as error:
-        print(f"convert: {error}", file=sys.stderr)
+        # One line (tarfile's messages span several); finished shards stay for a rerun.
+        print("convert: " + " ".join(str(error).split()), file=sys.stderr)
         return 2
     print(f"{summary['examples']} examples in {summary['shards']} shards "
           f"({summary['converted_now']} converted now), {summary['skipped']} skipped, "

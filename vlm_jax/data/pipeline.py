@@ -109,10 +109,10 @@ class LoadChunk:
             if self.crop == "fit":
                 image = fit_image(example["image"], self.image_size)
             else:  # the crop's own stream (seed, position, 1): the flip coin below is unchanged
-                from vlm_jax.data import images
+                from vlm_jax.data.images import crop_image
 
-                image = images.crop_image(example["image"], self.image_size, self.crop,
-                                          np.random.default_rng((self.seed, position, 1)))
+                image = crop_image(example["image"], self.image_size, self.crop,
+                                   np.random.default_rng((self.seed, position, 1)))
             caption = example["caption"]
             # The coin depends on the global position only: the same for any process count.
             if self.flip and np.random.default_rng((self.seed, position)).random() < 0.5:
