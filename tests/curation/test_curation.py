@@ -80,3 +80,22 @@ def test_caption_heuristics():
     captions = ["a red circle.", "red", "red red red red circle.", "a b", "a blue square above."]
     # words: 3 / 1 / 5 with "red" 4 of 5 > 0.5 / 2 / 4.
     assert heuristics.caption_keep(captions).tolist() == [True, False, False, False, True]
+
+
+def test_cli_writes_keep_list_set_and_report(tmp_path):
+    import json
+
+    from vlm_jax.curation import cli
+    from vlm_jax.data import sources
+
+    examples = [{"image": np.full((4, 4, 3), i, np.uint8), "caption": caption}
+                for i, caption in enumerate(["a red circle.", "red", "a blue square above."])]
+    sources.write_array_record(str(tmp_path / "in.array_record"), examples)
+    assert cli.main(["heuristics", f"--input={tmp_path / 'in.array_record'}",
+                     f"--output={tmp_path / 'out'}"]) == 0
+    assert json.loads((tmp_path / "out" / "keep.json").read_text()) == [0, 2]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert (report["input_examples"], report["kept"]) == (3, 2)
+    curated = sources.ArrayRecordSource(str(tmp_path / "out" / "*.array_record"))
+    assert [curated[i]["caption"] for i in range(2)] == ["a red circle.", "a blue square above."]
+    assert curated[1]["image"][0, 0, 0] == 2
