@@ -15,7 +15,6 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 
-
 class UndecodableImageError(ValueError):
     """Bytes that Pillow cannot read as an image (truncated, corrupt, not an image)."""
 
