@@ -176,8 +176,9 @@ same size without noise. The "noisy" run is also the scorer of the CLIP-score
 (top {args.top_fraction:.0%}) and SemDeDup (eps {args.eps}, {args.clusters} clusters) steps: a
 researcher has no clean model, and a clean-trained scorer would be an oracle. MetaCLIP balances
 the world's colour/shape/relation words at t = {args.t_share} × pool size; "all" applies the
-three filters, then balances (balancing last). The caption heuristics drop nothing here: every
-world caption, wrong or right, is a well-formed sentence — a true negative result.
+three filters, then balances (balancing last). The caption heuristics kept
+{composition["heuristics"]["kept"]} of {args.pool}: world captions, wrong or right, are
+well-formed sentences, so length and repetition rules cannot see a mismatch.
 
 {table}
 
