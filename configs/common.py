@@ -50,6 +50,8 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
         array_record_pattern="", tfds_name="", tfds_data_dir="", tfds_split="train",
         image_key="image", caption_key="caption",
         shuffle=True, flip=False,  # a flip also swaps "left"/"right" in the caption
+        # fit (nearest, for world-sized arrays) | center | random_resized (real images).
+        crop="fit",
         workers=0, prefetch=2,
     ) | overrides)
 

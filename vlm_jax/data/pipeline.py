@@ -24,7 +24,7 @@ import numpy as np
 from absl import flags, logging
 
 from vlm_jax import preemption
-from vlm_jax.data import formats
+from vlm_jax.data import formats, images
 from vlm_jax.data.sources import CorruptRecordError, ExampleSource, make_source
 
 # This many failed decodes for one position means the data (or its format) is wrong, not noisy:
@@ -157,7 +157,7 @@ class LoadChunk:
             fmt = formats.FORMATS[raw["format_id"][k]]
             # The coin depends on the global position only: the same for any process count.
             flip = self.flip_coin(position)
-            image, caption = fit_image(example["image"], size), example["caption"]
+            image, caption = self.fit(example["image"], position), example["caption"]
             raw["image"][k], raw["caption"][k] = _flipped(image, caption, flip)
             if fmt == "prefix_lm":
                 question, answer = self.question_answer(index, caption)
@@ -175,6 +175,15 @@ class LoadChunk:
             if key in raw:
                 raw[key] = np.array(raw[key], dtype=str)
         return raw
+
+    def fit(self, image: np.ndarray, position: int) -> np.ndarray:
+        """`image` at the run's size: fitted (the world's own size), or cropped per `data.crop`
+        with the crop's own stream (seed, position, 1), so the flip coin is unchanged."""
+        crop, size = self.config.get("crop", "fit"), self.config.image_size
+        if crop == "fit":
+            return fit_image(image, size)
+        return images.crop_image(image, size, crop,
+                                 np.random.default_rng((self.seed, position, 1)))
 
     def flip_coin(self, position: int) -> bool:
         return bool(self.config.flip

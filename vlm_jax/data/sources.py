@@ -60,6 +60,8 @@ class WorldSource:
 
 # ArrayRecord record format: the bytes of `np.savez` with two arrays, "image" (uint8 [H, W, C])
 # and "caption" (a 0-d unicode array). Self-describing, readable with plain NumPy.
+# Converted real data (vlm_jax/data/convert.py) stores "image_bytes" (uint8 [n], the JPEG/PNG
+# file) instead of "image", plus "metadata" (a 0-d JSON string); it is decoded to RGB on read.
 
 
 def encode_example(example: Mapping[str, Any]) -> bytes:
@@ -78,14 +80,31 @@ def decode_example(record: bytes) -> dict[str, Any]:
     """Inverse of `encode_example`; raises CorruptRecordError for bytes it cannot read."""
     try:
         with np.load(io.BytesIO(record), allow_pickle=False) as arrays:
+            if "image_bytes" in arrays:
+                return decode_encoded_example(arrays["image_bytes"], arrays["caption"])
             image, caption = arrays["image"], arrays["caption"]
     except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as error:
+        if isinstance(error, CorruptRecordError):
+            raise
         raise CorruptRecordError(f"not an encode_example record ({error})") from error
     if image.dtype != np.uint8 or image.ndim != 3 or caption.dtype.kind != "U" or caption.ndim:
         raise CorruptRecordError(
             f"record holds image {image.dtype} {image.shape} and caption {caption.dtype} "
             f"{caption.shape}; expected uint8 [H, W, C] and one string"
         )
+    return {"image": image, "caption": str(caption)}
+
+
+def decode_encoded_example(image_bytes: np.ndarray, caption: np.ndarray) -> dict[str, Any]:
+    """A converted record's JPEG/PNG bytes and caption -> {"image": uint8 [H, W, 3], ...}."""
+    from vlm_jax.data import images  # Pillow, only for converted records
+
+    if caption.dtype.kind != "U" or caption.ndim:
+        raise CorruptRecordError(f"record caption is {caption.dtype} {caption.shape}, not a string")
+    try:
+        image = images.decode_image(image_bytes.tobytes())
+    except images.UndecodableImageError as error:
+        raise CorruptRecordError(str(error)) from error
     return {"image": image, "caption": str(caption)}
 
 
