@@ -222,6 +222,8 @@ def test_pipeline_reads_converted_and_old_records(tars, tmp_path):
                                 crop="random_resized", flip=True, prefetch=0)
 
     class Words:
+        pad_id = 0
+
         def encode(self, captions, length):
             return np.zeros((len(captions), length), np.int32)
 
@@ -249,7 +251,8 @@ def test_flip_swaps_left_right_after_a_random_crop():
             return {"image": np.arange(20 * 30 * 3, dtype=np.uint8).reshape(20, 30, 3),
                     "caption": "a red circle left of a blue square."}
 
-    load = pipeline.LoadChunk(One(), 8, flip=True, seed=0, crop="random_resized")
+    data_config = common.data_config(image_size=8, flip=True, crop="random_resized")
+    load = pipeline.LoadChunk(One(), data_config, seed=0)
     flips = [np.random.default_rng((0, p)).random() < 0.5 for p in range(6)]
     chunk = load([(p, 0) for p in range(6)])
     for p, flipped in enumerate(flips):
