@@ -1,0 +1,167 @@
+"""Train (or load) every family's `:tiny` config at the same steps and batch on the world,
+evaluate each with the same eval sets, and write docs/families.md: one table of what each
+family can do, "—" where it cannot.
+
+    python benchmarks/families_report.py              # train what is missing, evaluate, write
+    python benchmarks/families_report.py --retrain    # start every run over
+    python benchmarks/families_report.py --micro --steps=2 --out=/tmp/families.md  # smoke
+
+Runs live in --root (default runs/families; --micro: runs/families_micro), one folder per row of
+FAMILIES, all at --steps (default 300) and --batch (default 256), so the rows compare the
+families at equal compute on the same data. A finished run is reused; one for other steps is
+refused (--retrain). Each run is evaluated from its saved checkpoint with the evals its
+trainer can serve: embedding evals (zero-shot, retrieval, probes) through a scorer, generative
+evals (captioning, VQA, POPE) through a captioner. CLIPScore and the rest use the SigLIP run
+as the judge where a judge is needed. A new family adds its row to FAMILIES.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import jax
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import reports  # noqa: E402
+from benchmarks.reports import cell, table  # noqa: E402
+from vlm_jax import evals, restore  # noqa: E402
+from vlm_jax.data import world  # noqa: E402
+
+STEPS, BATCH = 300, 256  # every row's, unless --steps / --batch
+# run name -> (label, family, config). Order is the table's.
+FAMILIES = {
+    "clip_tiny": ("CLIP", "contrastive", "configs/clip.py:tiny"),
+    "siglip_tiny": ("SigLIP", "contrastive", "configs/siglip.py:tiny"),
+    "llip_tiny": ("Llip", "contrastive", "configs/llip.py:tiny"),
+    "coca_tiny": ("CoCa", "generative", "configs/coca.py:tiny"),
+}
+JUDGE = "siglip_tiny"  # scores other runs' captions (CLIPScore)
+EMBEDDING_EVALS = ("zeroshot", "retrieval", "compositional")
+GENERATIVE_EVALS = ("captioning", "vqa", "pope")
+# (column, metric key): the table's score columns.
+COLUMNS = (
+    ("zero-shot", "zeroshot/single_object/top1"),
+    ("held-out pairs", "zeroshot/heldout_single_object/top1"),
+    ("R@1 i2t", "retrieval/val/i2t_r1"),
+    ("R@1 t2i", "retrieval/val/t2i_r1"),
+    *((f"{kind} acc2", f"compositional/{kind}/acc2") for kind in world.PROBE_KINDS),
+    ("CIDEr", "captioning/val/cider"),
+    ("VQA", "vqa/val/overall"),
+    ("POPE F1 (adv.)", "pope/adversarial/f1"),
+)
+
+
+def plan(steps: int, batch: int, micro: bool) -> dict:
+    """{run name: config} of every row, at the same steps and batch."""
+    return {name: reports.run_config(spec, steps or STEPS, batch or (16 if micro else BATCH),
+                                     micro)
+            for name, (_, _, spec) in FAMILIES.items()}
+
+
+def evaluate(run: restore.RestoredRun, eval_config) -> dict[str, float]:
+    """The evals this run's trainer can serve; the rest stay missing (— in the table)."""
+    caption_model = run.caption_model()
+    names = EMBEDDING_EVALS + (GENERATIVE_EVALS if caption_model is not None else ())
+    return evals.run_evals(names, run.scorer(), eval_config, caption_model)
+
+
+def parameter_count(run: restore.RestoredRun) -> int:
+    return sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(run.params))
+
+
+def markdown(results: dict, configs: dict, facts: dict, setup: dict) -> str:
+    """docs/families.md from each run's results and facts (parameters, training outcome)."""
+    header = ["model", "family", "parameters", "training"] + [name for name, _ in COLUMNS]
+    rows = [[FAMILIES[name][0], FAMILIES[name][1], f"{facts[name]['parameters'] / 1e6:.2f} M",
+             reports.describe_training(facts[name]["outcome"])]
+            + [cell(result, key) for _, key in COLUMNS]
+            for name, result in results.items()]
+    pooled = {key: value for result in results.values() for key, value in result.items()}
+    chance = {"zeroshot/single_object/top1": "zeroshot/single_object/chance",
+              "zeroshot/heldout_single_object/top1": "zeroshot/heldout_single_object/chance",
+              "retrieval/val/i2t_r1": "retrieval/val/chance_r1",
+              "retrieval/val/t2i_r1": "retrieval/val/chance_r1",
+              "vqa/val/overall": "vqa/val/chance"}
+    rows.append(["chance", "", "", ""] + [
+        cell(pooled, chance[key]) if key in chance else "0.500" if key.endswith("/acc2") else "—"
+        for _, key in COLUMNS])
+    rows.append(["blind (no image)", "", "", ""] + [
+        cell(pooled, key.replace("/acc2", "/blind_acc2")) if key.endswith("/acc2") else "—"
+        for _, key in COLUMNS])
+    runs = table(["run", "config", "steps × batch"], [
+        [name, f"`{FAMILIES[name][2]}`", f"{config.total_steps} × {config.batch_size}"]
+        for name, config in configs.items()])
+    return TEMPLATE.format(command=setup["command"], runs=runs, scores=table(header, rows),
+                           eval_sizes=", ".join(f"{k}={v}" for k, v in
+                                                setup["eval_sizes"].items()))
+
+
+TEMPLATE = """# The families side by side
+
+Written by `benchmarks/families_report.py` (do not edit by hand; rerun it):
+
+    {command}
+
+{runs}
+
+Every run trains its family's `:tiny` config on the synthetic world at the same steps and batch,
+and is evaluated from its saved checkpoint with the same eval sets ({eval_sizes}; val split,
+seed 0). A cell is "—" where a family cannot do the task (a two-tower model has no decoder to
+caption with). Training times are wall clock on the machine that ran the report (2 CPU cores
+for the committed page).
+
+- **zero-shot / held-out pairs**: top-1 over the 24 colour × shape classes seen in training and
+  the 28 pairs never captioned together in training (`vlm_jax/evals/zeroshot.py`).
+- **R@1**: retrieval among the val eval set, image→text and text→image (`retrieval.py`).
+- **probes acc2**: the two-way choice of the true caption against one with a relation,
+  attribute binding or count changed (`compositional.py`); chance is 0.5.
+- **CIDEr, VQA, POPE F1**: greedy captions against 5 references (`captioning.py`), closed-set
+  VQA accuracy over the four question types (`vqa.py`), and F1 of yes/no polling about present
+  and adversarially chosen absent objects (`pope.py`); see docs/generative.md.
+
+{scores}
+"""
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = reports.arg_parser(__doc__.splitlines()[0], "families").parse_args(argv)
+    root = reports.root(args, "families")
+    configs = plan(args.steps, args.batch, args.micro)
+    outcomes = {}
+    for name, config in configs.items():
+        print(f"== {name}: {FAMILIES[name][2]}, {config.total_steps} steps at batch "
+              f"{config.batch_size}", flush=True)
+        outcomes[name] = reports.train_or_reuse(config, os.path.join(root, name), args.retrain)
+
+    eval_config = configs["coca_tiny"].evals
+    eval_config.clipscore_workdir = os.path.join(root, JUDGE)
+    started = time.perf_counter()
+    results, facts = {}, {}
+    for name in configs:
+        run = restore.restore_run(os.path.join(root, name))
+        results[name] = evaluate(run, eval_config)
+        facts[name] = {"parameters": parameter_count(run), "outcome": outcomes[name]}
+    print(f"evaluated in {time.perf_counter() - started:.0f} s")
+    print(evals.format_table({f"{name}:{key}": value for name, result in results.items()
+                              for key, value in result.items()}))
+
+    command = "python benchmarks/families_report.py " + " ".join(
+        sys.argv[1:] if argv is None else argv)
+    sizes = {key: eval_config[key] for key in ("zeroshot_size", "retrieval_size", "probe_size",
+                                               "captioning_size", "vqa_size", "pope_size")}
+    with open(args.out, "w") as f:
+        f.write(markdown(results, configs, facts,
+                         {"command": command.strip(), "eval_sizes": sizes}))
+    with open(os.path.join(root, "report_results.json"), "w") as f:
+        json.dump({"results": results, "parameters": {n: facts[n]["parameters"] for n in facts}},
+                  f, indent=1, sort_keys=True)
+    print(f"wrote {args.out} and {os.path.join(root, 'report_results.json')}")
+
+
+if __name__ == "__main__":
+    main()
