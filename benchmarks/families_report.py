@@ -64,10 +64,12 @@ def plan(steps: int, batch: int, micro: bool) -> dict:
 
 
 def evaluate(run: restore.RestoredRun, eval_config) -> dict[str, float]:
-    """The evals this run's trainer can serve; the rest stay missing (— in the table)."""
-    caption_model = run.caption_model()
-    names = EMBEDDING_EVALS + (GENERATIVE_EVALS if caption_model is not None else ())
-    return evals.run_evals(names, run.scorer(), eval_config, caption_model)
+    """The evals this run's trainer can serve (its CAPABILITIES); the rest stay missing (— in
+    the table)."""
+    names = EMBEDDING_EVALS if "scorer" in run.trainer.CAPABILITIES else ()
+    if "captioner" in run.trainer.CAPABILITIES:
+        names += GENERATIVE_EVALS
+    return reports.evaluate(run, names, eval_config)
 
 
 def parameter_count(run: restore.RestoredRun) -> int:
