@@ -27,7 +27,7 @@ def saved_run(tmp_path):
     trainer = trainers.get_trainer(config.trainer)
     mesh, rules = parallel.make_mesh(config.mesh), parallel.logical_rules(config)
     tokenizer = load_tokenizer(config.data)
-    loop.check_workdir(str(tmp_path), config, tokenizer)
+    loop.write_run_record(str(tmp_path), config, tokenizer)
     _, state, _, _ = loop.build(config, trainer, tokenizer.vocab_size, mesh, rules)
     state = state.replace(params=jax.tree_util.tree_map(lambda p: p + 0.5, state.params))
     ckpt = checkpoint.Checkpointer(str(tmp_path), async_save=False)
