@@ -44,3 +44,15 @@ def _cached_state(config: str, vocab_size: int, seed: int):
             rng.normal(size=shape.shape).astype(shape.dtype), sharding),
         nn.unbox(boxed), shardings)
     return model, TrainState(jnp.zeros((), jnp.int32), params, (), jax.random.PRNGKey(0))
+
+
+def unflatten(flat: dict) -> dict:
+    """{"a/b/c": leaf} -> {"a": {"b": {"c": leaf}}}."""
+    tree = {}
+    for path, leaf in flat.items():
+        *parents, name = path.split("/")
+        node = tree
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[name] = leaf
+    return tree

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from parity import FIXTURES, max_abs_diffs
-from states import model_config, sharded_state
+from states import model_config, sharded_state, unflatten
 
 from configs import common
 from vlm_jax import checkpoint, loop
@@ -85,20 +85,9 @@ def test_wrong_sources_and_regexes_are_clear_errors(source, regex, message):
     params = flatten(state.params)
     # A model with a longer text context than the checkpoint's 16 positions:
     params["text_tower/pos_embedding"] = jnp.zeros((32, 32))
-    state = state.replace(params=_unflatten(params))
+    state = state.replace(params=unflatten(params))
     with pytest.raises(InitFromError, match=message):
         load_into(state, str(source), regex)
-
-
-def _unflatten(flat: dict) -> dict:
-    tree = {}
-    for path, leaf in flat.items():
-        *parents, name = path.split("/")
-        node = tree
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[name] = leaf
-    return tree
 
 
 @pytest.mark.slow  # a whole loop.train (~15 s on an idle 2-core machine, 60 s when busy)

@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 import pytest
 from parity import FIXTURES
-from states import model_config, sharded_state
+from states import model_config, sharded_state, unflatten
 
 from configs import common
 from vlm_jax import checkpoint, loop, main
@@ -72,9 +72,9 @@ def test_converter_outputs_and_hugging_face_directories_are_sources(tmp_path):
     _, fresh = sharded_state(model_config(SIGLIP))
     _, other = sharded_state(model_config(SIGLIP), seed=3)
     vit = {k: v for k, v in _host(flatten(other.params)).items() if k.startswith("image_tower/")}
-    nested = _unflatten({path.replace("image_tower/", "vit/", 1): v for path, v in vit.items()})
+    nested = unflatten({path.replace("image_tower/", "vit/", 1): v for path, v in vit.items()})
     save_converted(Converted("synthetic", {}, nested, None, [], "test"), str(tmp_path / "nested"))
-    root = _unflatten({path.removeprefix("image_tower/"): v for path, v in vit.items()})
+    root = unflatten({path.removeprefix("image_tower/"): v for path, v in vit.items()})
     save_converted(Converted("synthetic", {}, root, None, [], "test"), str(tmp_path / "root"))
     siglip = flatten(convert_hf(str(SIGLIP)).params)
     before = _host(flatten(fresh.params))
@@ -185,17 +185,6 @@ def test_the_map_survives_the_command_line_and_config_json():
 ])
 def test_source_prefixes_split_at_the_last_colon(text, entry):
     assert parse_spec({"t/": text}) == [entry]
-
-
-def _unflatten(flat: dict) -> dict:
-    tree = {}
-    for path, leaf in flat.items():
-        *parents, name = path.split("/")
-        node = tree
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[name] = leaf
-    return tree
 
 
 @pytest.mark.slow  # a whole loop.train (~15 s on an idle 2-core machine, 60 s when busy)

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from vlm_jax.models import layers, sizes, two_tower
+from vlm_jax.models import layers, two_tower
 from vlm_jax.models.two_tower import l2_normalize
 from vlm_jax.models.vit import ViT
 
@@ -132,9 +132,5 @@ class Llip(nn.Module):
 
 def from_config(model_config: ml_collections.ConfigDict, vocab_size: int,
                 dtype=jnp.float32) -> Llip:
-    """`model.name = "llip"`: `model.execution` reaches both towers (BERT's excepted)."""
-    execution = layers.Execution(**model_config.get("execution", {}))
-    return Llip(
-        image=dict(sizes.tower_kwargs(model_config.image), execution=execution),
-        text=sizes.text_kwargs(model_config.text, vocab_size, execution),
-        **sizes.model_fields(Llip, model_config, ("image", "text")), dtype=dtype)
+    """`model.name = "llip"`."""
+    return two_tower.tower_pair_from_config(Llip, model_config, vocab_size, dtype)

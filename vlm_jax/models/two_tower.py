@@ -112,9 +112,17 @@ class TwoTower(nn.Module):
 
 def from_config(model_config: ml_collections.ConfigDict, vocab_size: int,
                 dtype=jnp.float32) -> TwoTower:
-    """`model.name = "two_tower"`: `model.execution` reaches both towers (BERT's excepted)."""
+    """`model.name = "two_tower"`."""
+    return tower_pair_from_config(TwoTower, model_config, vocab_size, dtype)
+
+
+def tower_pair_from_config(model_class, model_config: ml_collections.ConfigDict,
+                           vocab_size: int, dtype):
+    """A model of an image and a text tower (TwoTower, Llip) from its config section:
+    `model.execution` reaches both towers (BERT's excepted); the other scalar fields are the
+    class's own."""
     execution = layers.Execution(**model_config.get("execution", {}))
-    return TwoTower(
+    return model_class(
         image=dict(sizes.tower_kwargs(model_config.image), execution=execution),
         text=sizes.text_kwargs(model_config.text, vocab_size, execution),
-        **sizes.model_fields(TwoTower, model_config, ("image", "text")), dtype=dtype)
+        **sizes.model_fields(model_class, model_config, ("image", "text")), dtype=dtype)
