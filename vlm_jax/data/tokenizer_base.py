@@ -13,6 +13,7 @@ the pieces of plain text (`_piece_ids`, `_decode_pieces`) and its own ids; this 
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import json
 import re
@@ -26,7 +27,7 @@ CHAT_ROLES = {"system": "system:", "user": "user:", "assistant": "assistant:"}
 ASSISTANT = "assistant"
 
 
-class TokenizerBase:
+class TokenizerBase(abc.ABC):
     """Shared encode/decode over `_piece_ids` / `_decode_pieces` of a concrete tokenizer.
 
     Subclasses set base_vocab_size, bos_id (-1: none), eos_id, pad_id (-1: none) and
@@ -81,21 +82,25 @@ class TokenizerBase:
             text = self.base_fingerprint + json.dumps(extension, sort_keys=True)
             self.fingerprint = hashlib.sha256(text.encode()).hexdigest()[:16]
 
+    @abc.abstractmethod
     def _base_token_id(self, name: str) -> int | None:
         """The base vocabulary's id of token `name`, or None."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def _default_pad_id(self) -> int:
         """The pad id the base file defines (-1: none)."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def _piece_ids(self, texts: list[str]) -> list[list[int]]:
         """Base-vocabulary ids of plain texts, no specials added (subclasses may add their
         tokenizer's own markers, e.g. BERT's [CLS] ... [SEP], see `_adds_own_markers`)."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def _decode_pieces(self, ids: list[int]) -> str:
-        raise NotImplementedError
+        ...
 
     _adds_own_markers = False  # True when _piece_ids already wraps each text in BOS/EOS
 
