@@ -136,11 +136,8 @@ def main(argv: list[str] | None = None) -> None:
     args = reports.arg_parser(__doc__.splitlines()[0], "contrastive").parse_args(argv)
     root = reports.root(args, "contrastive")
     configs = plan(args.steps, reports.batch(args), args.micro)
-    outcomes = {}
-    for name, config in configs.items():
-        print(f"== {name}: {RUNS[name][1]}, {config.total_steps} steps at batch "
-              f"{config.batch_size}", flush=True)
-        outcomes[name] = reports.train_or_reuse(config, os.path.join(root, name), args.retrain)
+    specs = {name: spec for name, (_, spec) in RUNS.items()}
+    outcomes = reports.train_all(configs, specs, root, args.retrain)
 
     eval_config = configs["siglip_tiny"].evals
     started = time.perf_counter()

@@ -134,11 +134,8 @@ def main(argv: list[str] | None = None) -> None:
     args = reports.arg_parser(__doc__.splitlines()[0], "families").parse_args(argv)
     root = reports.root(args, "families")
     configs = plan(args.steps, args.batch, args.micro)
-    outcomes = {}
-    for name, config in configs.items():
-        print(f"== {name}: {FAMILIES[name][2]}, {config.total_steps} steps at batch "
-              f"{config.batch_size}", flush=True)
-        outcomes[name] = reports.train_or_reuse(config, os.path.join(root, name), args.retrain)
+    specs = {name: spec for name, (_, _, spec) in FAMILIES.items()}
+    outcomes = reports.train_all(configs, specs, root, args.retrain)
 
     eval_config = configs["coca_tiny"].evals
     eval_config.clipscore_workdir = os.path.join(root, JUDGE)

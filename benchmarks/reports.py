@@ -89,6 +89,17 @@ def train_or_reuse(config, workdir: str, retrain: bool) -> dict:
     return {"done": "trained", "train_seconds": seconds}
 
 
+def train_all(configs: dict, specs: dict, root: str, retrain: bool) -> dict:
+    """`train_or_reuse` every {name: config} into root/<name>, announcing each with its config
+    spec (`specs[name]`); returns {name: outcome}."""
+    outcomes = {}
+    for name, config in configs.items():
+        print(f"== {name}: {specs[name]}, {config.total_steps} steps at batch "
+              f"{config.batch_size}", flush=True)
+        outcomes[name] = train_or_reuse(config, os.path.join(root, name), retrain)
+    return outcomes
+
+
 def describe_training(outcome: dict) -> str:
     """"trained in 412 s" / "reused the finished run (trained in 412 s)"."""
     seconds = outcome["train_seconds"]

@@ -170,22 +170,22 @@ def _match(entry: Entry, target: dict, shapes: dict, regex: str) -> dict[str, st
     if missing:
         raise InitFromError(
             f"init_from entry {entry}: the source lacks {len(missing)} of the "
-            f"{len(pairs)} model parameters under {entry.target!r}: {', '.join(missing[:4])}"
-            f"{' ...' if len(missing) > 4 else ''}; map a narrower prefix or another source")
+            f"{len(pairs)} model parameters under {entry.target!r}: {_listed(missing, 4)}"
+            "; map a narrower prefix or another source")
     mapped = set(pairs.values())
     extra = [s for s in in_source if s not in mapped]
     if extra:
         raise InitFromError(
             f"init_from entry {entry}: the source has {len(extra)} parameters under "
-            f"{prefix!r} that the model lacks under {entry.target!r}: {', '.join(extra[:4])}"
-            f"{' ...' if len(extra) > 4 else ''}; set the model config to the source's sizes "
+            f"{prefix!r} that the model lacks under {entry.target!r}: {_listed(extra, 4)}"
+            "; set the model config to the source's sizes "
             "or map a narrower prefix")
     wrong = [f"model {t} {tuple(target[t].shape)} vs source {s} {tuple(shapes[s])}"
              for t, s in pairs.items() if tuple(shapes[s]) != tuple(target[t].shape)]
     if wrong:
         raise InitFromError(
-            f"init_from entry {entry}: shapes differ: {'; '.join(wrong[:4])}"
-            f"{' ...' if len(wrong) > 4 else ''}; set the model config to the source's sizes "
+            f"init_from entry {entry}: shapes differ: {_listed(wrong, 4, '; ')}"
+            "; set the model config to the source's sizes "
             "(the converter writes them to model_config.json)")
     selected = {t: s for t, s in pairs.items() if re.fullmatch(regex, t)}
     if not selected:
@@ -213,8 +213,8 @@ def _load_one(state, source: str, regex: str, verbose: bool):
     if missing:
         raise InitFromError(
             f"init_from {source} lacks {len(missing)} of the {len(selected)} parameters selected "
-            f"by init_from_regex {regex!r}: {', '.join(missing[:6])}"
-            f"{' ...' if len(missing) > 6 else ''}. Narrow the regex (e.g. 'text_tower/.*') or "
+            f"by init_from_regex {regex!r}: {_listed(missing, 6)}"
+            ". Narrow the regex (e.g. 'text_tower/.*') or "
             "use a checkpoint of this model")
     wrong = [f"{p} {tuple(shapes[p])} vs model {tuple(target[p].shape)}"
              for p in selected if tuple(shapes[p]) != tuple(target[p].shape)]
@@ -299,3 +299,7 @@ def _set(tree: dict, keys: tuple[str, ...], value) -> None:
         tree = tree.setdefault(key, {})
     tree[keys[-1]] = value
 
+
+def _listed(names: list[str], most: int, separator: str = ", ") -> str:
+    """The first `most` of `names` joined, with " ..." when there are more."""
+    return separator.join(names[:most]) + (" ..." if len(names) > most else "")
