@@ -1,0 +1,49 @@
+"""Image grids as PNG files: reconstructions, samples and masks one would rather look at.
+
+Every family that makes or rebuilds images (masked-image models, the VQ tokenizer, text-to-image
+generation) saves its pictures through `save_image_grid`, so they all read the same way: one
+row per example (or per prompt), one column per view (original, masked, rebuilt, ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def image_grid(rows: Sequence[Sequence[np.ndarray]], scale: int = 4, gap: int = 2,
+               background: int = 255) -> np.ndarray:
+    """uint8 [H, W, 3] tiling `rows` (each a sequence of uint8 [S, S, 3] images, all of one
+    size), every image enlarged `scale` times (nearest neighbour: tiny images stay sharp)."""
+    if not rows or not all(len(row) for row in rows):
+        raise ValueError("image_grid needs at least one non-empty row of images")
+    width = max(len(row) for row in rows)
+    size = np.asarray(rows[0][0]).shape[:2]
+    cell_h, cell_w = size[0] * scale, size[1] * scale
+    grid = np.full((len(rows) * (cell_h + gap) + gap, width * (cell_w + gap) + gap, 3),
+                   background, np.uint8)
+    for r, row in enumerate(rows):
+        for c, image in enumerate(row):
+            image = np.asarray(image)
+            if image.shape[:2] != size:
+                raise ValueError(f"image_grid: image ({r}, {c}) is {image.shape[:2]}, the first "
+                                 f"is {size}; resize them to one size first")
+            if image.ndim == 2:
+                image = np.repeat(image[..., None], 3, axis=-1)
+            image = np.clip(image, 0, 255).astype(np.uint8)
+            big = image.repeat(scale, axis=0).repeat(scale, axis=1)
+            top, left = gap + r * (cell_h + gap), gap + c * (cell_w + gap)
+            grid[top:top + cell_h, left:left + cell_w] = big[..., :3]
+    return grid
+
+
+def save_image_grid(path: str | Path, rows: Sequence[Sequence[np.ndarray]], scale: int = 4,
+                    gap: int = 2) -> Path:
+    """Write `image_grid(rows)` as a PNG at `path` (parents created); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image_grid(rows, scale, gap)).save(path)
+    return path
