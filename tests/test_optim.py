@@ -207,3 +207,36 @@ def test_lit_configs_lock_a_tower_of_the_built_model():
     assert (config.init_from, config.init_from_regex) == ("minilm", "text_tower/.*")
     with pytest.raises(configlib.ConfigError, match="locked=.both."):
         configlib.load_config("configs/lit.py:tiny,locked=both")
+
+
+def test_assignment_term_is_zero_with_the_step_to_the_target_as_gradient():
+    params = {"a": jnp.array([1.0, -2.0]), "b": jnp.array(3.0)}
+    targets = {"a": jnp.array([0.5, 4.0]), "b": jnp.array(-1.0)}
+    value, grads = jax.value_and_grad(optim.assignment_term)(params, targets)
+    assert float(value) == 0.0
+    np.testing.assert_array_equal(grads["a"], [0.5, -6.0])
+    np.testing.assert_array_equal(grads["b"], 4.0)
+
+
+def test_assign_rule_sets_the_target_outside_adam_and_the_clip():
+    config = ml_collections.ConfigDict(dict(
+        name="adamw", lr=0.1, warmup_steps=0, end_lr_ratio=1.0, b1=0.0, b2=0.0, eps=1.0,
+        weight_decay=0.5, grad_clip_norm=1.0, param_rules=(("stats/.*", "assign"),)))
+    tx, _ = optim.make_optimizer(config, 10)
+    # stats/count is a matrix, so AdamW would decay it if the rule let AdamW near it.
+    params = {"stats": {"count": jnp.array([[1.0, 2.0]])}, "kernel": jnp.zeros(2)}
+    target = jnp.array([[300.0, -400.0]])
+    weight_grad = np.array([0.3, 0.4], np.float32)  # norm 0.5: under the clip
+
+    def loss(p):
+        return jnp.sum(p["kernel"] * weight_grad) + optim.assignment_term(p["stats"],
+                                                                         {"count": target})
+
+    grads = jax.grad(loss)(params)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    new = optax.apply_updates(params, updates)
+    np.testing.assert_array_equal(new["stats"]["count"], target)  # no decay, no Adam, no clip
+    # The kernel's step is unclipped by the assigned gradient's size (|g| = 500).
+    np.testing.assert_allclose(updates["kernel"], -0.1 * weight_grad / (weight_grad + 1.0),
+                               rtol=1e-6)
+    assert optim.param_groups(params, config.param_rules)["stats"]["count"] == "assign"

@@ -1,5 +1,5 @@
 """Optimizer from config: AdamW with a weight-decay mask, warmup + cosine, gradient clipping,
-and per-parameter rules (freeze, learning-rate multiplier) matched by regex on the path."""
+and per-parameter rules (freeze, learning-rate multiplier, assign) matched by regex on the path."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import re
 from collections.abc import Sequence
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 from flax.core import meta
@@ -15,6 +16,9 @@ from flax.core import meta
 from vlm_jax.configlib import ConfigError
 
 FREEZE = "freeze"
+# Parameters that are state, not weights (EMA statistics, counters): the loss writes their next
+# value through `assignment_term`, and the update is minus the gradient (see make_optimizer).
+ASSIGN = "assign"
 _LR_RULE = re.compile(r"lr=(.+)")
 
 
@@ -49,7 +53,8 @@ def param_path(path: tuple) -> str:
 
 
 def parse_rule(rule: str) -> float | None:
-    """A rule's learning-rate multiplier: "freeze" -> None, "lr=0.1" -> 0.1."""
+    """A rule's learning-rate multiplier: "freeze" -> None, "lr=0.1" -> 0.1 (see rule_group for
+    "assign", which has none)."""
     if rule == FREEZE:
         return None
     match = _LR_RULE.fullmatch(rule)
@@ -59,14 +64,36 @@ def parse_rule(rule: str) -> float | None:
         multiplier = -1.0
     if not (math.isfinite(multiplier) and multiplier >= 0):
         raise ConfigError(
-            f"unknown parameter rule {rule!r}; use 'freeze' or 'lr=<multiplier >= 0>' "
-            "(e.g. lr=0.1)")
+            f"unknown parameter rule {rule!r}; use 'freeze', 'assign' or "
+            "'lr=<multiplier >= 0>' (e.g. lr=0.1)")
     return multiplier
 
 
 def group_name(multiplier: float | None) -> str:
     """The optimizer group of a multiplier: "freeze", or "lr=<m>" (m = 1 for unmatched params)."""
     return FREEZE if multiplier is None else f"lr={multiplier!r}"
+
+
+def rule_group(rule: str) -> str:
+    """The optimizer group of a rule: "assign", or group_name of its multiplier."""
+    return ASSIGN if rule == ASSIGN else group_name(parse_rule(rule))
+
+
+def assignment_term(params, targets) -> jax.Array:
+    """A loss term of value 0 whose gradient w.r.t. each leaf of `params` is (param - target).
+
+    For parameters under the rule "assign" (update = -gradient), adding it to the loss makes the
+    train step leave each of them equal to its target (`targets`: the same tree structure; no
+    gradient flows into it). With gradient accumulation the micro-batches' targets are averaged.
+    """
+    param_leaves, structure = jax.tree_util.tree_flatten(params)
+    target_leaves = structure.flatten_up_to(targets)
+    term = jnp.zeros((), jnp.float32)
+    for param, target in zip(param_leaves, target_leaves):
+        step = jax.lax.stop_gradient(param - target)
+        # (param - stop_gradient(param)) is exactly 0, and its derivative w.r.t. param is 1.
+        term = term + jnp.sum(step * (param - jax.lax.stop_gradient(param)))
+    return term
 
 
 def param_groups(params, param_rules: Sequence[tuple[str, str]]):
@@ -76,15 +103,15 @@ def param_groups(params, param_rules: Sequence[tuple[str, str]]):
     first match decides, unmatched parameters train at the full rate. A rule that decides no
     parameter is an error: its regex is most likely a typo.
     """
-    rules = [(re.compile(pattern), parse_rule(rule)) for pattern, rule in param_rules]
+    rules = [(re.compile(pattern), rule_group(rule)) for pattern, rule in param_rules]
     decided = [0] * len(rules)
 
     def group(path, _):
         name = param_path(path)
-        for index, (pattern, multiplier) in enumerate(rules):
+        for index, (pattern, group_of_rule) in enumerate(rules):
             if pattern.fullmatch(name):
                 decided[index] += 1
-                return group_name(multiplier)
+                return group_of_rule
         return group_name(1.0)
 
     # A logically-boxed parameter gets one label for the whole box: masks built from the labels
@@ -120,7 +147,9 @@ def make_optimizer(
     """The config's optimizer and its learning-rate schedule (logged as `train/lr`).
 
     `optim.param_rules` (default none): `(regex, rule)` pairs, rule "freeze" (no update, no
-    optimizer state) or "lr=<m>" (updates scaled by m; AdamW's decoupled weight decay too).
+    optimizer state), "lr=<m>" (updates scaled by m; AdamW's decoupled weight decay too) or
+    "assign" (update = -gradient: no Adam, no decay, no schedule, outside the global-norm clip;
+    with `assignment_term` in the loss the parameter takes the value the loss computed).
     """
     if optim.name != "adamw":
         raise ValueError(f"optim.name {optim.name!r} is not supported; use adamw")
@@ -134,8 +163,11 @@ def make_optimizer(
     if not param_rules:
         return optax.chain(*clip, adamw()), schedule
 
-    multipliers = dict.fromkeys([1.0, *(parse_rule(rule) for _, rule in param_rules)])
+    multipliers = dict.fromkeys(
+        [1.0, *(parse_rule(rule) for _, rule in param_rules if rule != ASSIGN)])
     groups = {}
+    if any(rule == ASSIGN for _, rule in param_rules):
+        groups[ASSIGN] = optax.scale(-1.0)  # keeps no state
     for multiplier in multipliers:
         if multiplier is None:
             groups[FREEZE] = optax.set_to_zero()  # keeps no state
@@ -147,4 +179,9 @@ def make_optimizer(
     is_frozen = lambda params: jax.tree_util.tree_map(lambda g: g == FREEZE, labels(params))
     # Frozen gradients are zeroed before clipping, so they do not shrink the trained ones.
     zero_frozen = [optax.masked(optax.set_to_zero(), is_frozen)] if FREEZE in groups else []
+    if clip and ASSIGN in groups:
+        # An assigned parameter's gradient is its step to the target: clipping would shorten it,
+        # and its size would shrink the trained parameters' clip.
+        is_trained = lambda params: jax.tree_util.tree_map(lambda g: g != ASSIGN, labels(params))
+        clip = [optax.masked(clip[0], is_trained)]
     return optax.chain(*zero_frozen, *clip, optax.multi_transform(groups, labels)), schedule
