@@ -7,7 +7,8 @@ The trainer contract. A trainer module defines
   make_loss_fn(model, config, mesh=None) -> loss_fn(params, batch, rng) -> (loss, metrics);
 and, for each capability, its factory (model, params, tokenizer, mesh, config) -> ...:
   "scorer":    make_scorer    -> vlm_jax.evals.scoring.Scorer (embedding evals);
-  "captioner": make_captioner -> vlm_jax.evals.caption_model.CaptionModel (generative evals).
+  "captioner": make_captioner -> vlm_jax.evals.caption_model.CaptionModel (generative evals);
+  "matcher":   make_matcher   -> vlm_jax.evals.matching.Matcher (ITM-scored evals).
 The shared loop in `vlm_jax.loop` does the rest (state, step, checkpoints, metrics, evals).
 
 `config.trainer` names a module here (TRAINERS) or, for a family kept elsewhere (a project,
@@ -25,9 +26,9 @@ import numpy as np
 
 from vlm_jax import configlib, evals
 
-TRAINERS = ("contrastive", "llip", "coca")
+TRAINERS = ("contrastive", "llip", "coca", "flava")
 # capability -> the factory a trainer with it defines
-FACTORIES = {"scorer": "make_scorer", "captioner": "make_captioner"}
+FACTORIES = {"scorer": "make_scorer", "captioner": "make_captioner", "matcher": "make_matcher"}
 _MODULE_PREFIX = "module:"
 
 
