@@ -22,6 +22,8 @@ FAMILIES = {
     "llip": "llip",
     "coca": "coca",
     "vq": "vq",
+    "flava": "flava",
+    "maskvlm": "maskvlm",
 }
 
 

@@ -1,0 +1,141 @@
+"""FLAVA training: the weighted sum of its terms, each off at weight 0 (config.loss.*_weight).
+
+Per step, inside the jitted step (masks from the step rng, so a resumed run draws the same):
+  * ITM negatives: each row, with probability loss.itm_rate (0.1, the reference's), takes the
+    caption of another row (label 0);
+  * the masked pass: BEiT block masks on the image patches, BERT 80/10/10 on loss.mlm_rate of
+    the (possibly swapped) caption's tokens (never pads);
+  * contrastive  CLIP softmax on the unmasked CLS embeddings of the *unswapped* pairs, through
+                 losses.terms.contrastive_term (so loss.variant shards it);
+  * mim / mlm    masked unimodal states -> codes or pixels (mim.target) / tokens;
+  * mmm_image / mmm_text  the multimodal states of the masked pass, on matched rows only;
+  * itm          2-way CE on [CLS_M] of the masked pass.
+How this differs from HF FlavaForPreTraining is in docs/masking.md.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from vlm_jax import masking, mim_targets, serving
+from vlm_jax.data import tokenizer as tokenizers
+from vlm_jax.data.world import World
+from vlm_jax.evals.scoring import Scorer
+from vlm_jax.losses import masking as masking_losses
+from vlm_jax.losses import terms
+from vlm_jax.models import flava
+from vlm_jax.trainers import image_text_init_batch
+
+CAPABILITIES = frozenset({"scorer", "matcher"})
+TERMS = ("contrastive", "mim", "mlm", "mmm_image", "mmm_text", "itm")
+MASK_TOKEN = "[MASK]"
+
+
+def init_batch(config: ml_collections.ConfigDict) -> dict:
+    """One image and one caption: every tower and head is built."""
+    return image_text_init_batch(config)
+
+
+def swap_captions(rng: jax.Array, text_tokens: jax.Array, rate: float):
+    """(texts [B, L], itm_labels int32 [B]): each row with probability `rate` takes the caption
+    of another row (offset 1..B-1, so never its own index) and gets label 0."""
+    batch = text_tokens.shape[0]
+    k_swap, k_offset = jax.random.split(rng)
+    swapped = jax.random.bernoulli(k_swap, rate, (batch,))
+    donor = (jnp.arange(batch) + jax.random.randint(k_offset, (batch,), 1, max(batch, 2))) % batch
+    texts = jnp.where(swapped[:, None], text_tokens[donor], text_tokens)
+    return texts, (~swapped).astype(jnp.int32)
+
+
+def _weights(loss_config) -> dict[str, float]:
+    return {name: float(loss_config.get(f"{name}_weight", 1.0)) for name in TERMS}
+
+
+def make_loss_fn(model: flava.Flava, config: ml_collections.ConfigDict, mesh=None):
+    """loss_fn(params, batch, rng) -> (loss, metrics): see the module docstring."""
+    loss_config, mim = config.loss, config.mim
+    weights = _weights(loss_config)
+    patch = model.image["patch_size"]
+    grid = config.data.image_size // patch
+    num_masked, min_block = masking.beit_mask_sizes(grid, grid, mim.mask_ratio)
+    tokenizer = tokenizers.load_tokenizer(config.data)
+    if MASK_TOKEN not in tokenizer.special_ids:
+        raise ValueError(f"FLAVA's MLM needs a {MASK_TOKEN} token: add it to "
+                         "config.data.special_tokens")
+    mask_id = tokenizer.special_ids[MASK_TOKEN]
+    avoid = sorted({*tokenizer.special_ids.values(), tokenizer.pad_id, tokenizer.eos_id,
+                    max(tokenizer.bos_id, 0)})
+    world_images = None
+    if mim.target == "kmeans":
+        world = World("train", config.data.world_seed, config.data.image_size)
+        world_images = np.stack([world[i]["image"] for i in range(mim.fit_images)])
+    targets_of = mim_targets.make_targets(mim.target, patch, num_codes=mim.num_codes,
+                                          world_images=world_images, seed=config.seed)
+    pixel_target = mim.target == "pixels"
+    contrastive = terms.contrastive_term("softmax", loss_config, mesh)
+
+    def loss_fn(params, batch, rng):
+        images, text_tokens = batch["image"], batch["text_tokens"]
+        k_itm, k_image, k_text = jax.random.split(rng, 3)
+        mm_texts, itm_labels = swap_captions(k_itm, text_tokens, loss_config.itm_rate)
+        maskable = (mm_texts != tokenizer.pad_id) & (mm_texts != tokenizer.eos_id)
+        masked_tokens, mlm_mask = masking.mlm_corrupt(
+            k_text, mm_texts, maskable, loss_config.mlm_rate, mask_id, model.vocab_size, avoid)
+        patch_mask = masking.beit_block_masks(k_image, images.shape[0], grid, grid, num_masked,
+                                              min_block)
+        outputs = model.apply({"params": params}, images, text_tokens, patch_mask,
+                              masked_tokens)
+        return combine(outputs, targets_of(images), patch_mask, mm_texts, mlm_mask, itm_labels,
+                       weights, contrastive, pixel_target)
+
+    return loss_fn
+
+
+def combine(outputs: dict, image_targets, patch_mask, text_targets, mlm_mask, itm_labels,
+            weights: dict[str, float], contrastive, pixel_target: bool):
+    """(total, metrics): the weighted terms of `Flava.__call__`'s outputs for these masks and
+    labels (MMM on rows with itm_labels 1 only). A term of weight 0 is skipped."""
+    positive = itm_labels.astype(bool)[:, None]
+
+    def image_term(logits, mask):
+        if pixel_target:
+            return masking_losses.masked_pixel_mse(logits, image_targets, mask)
+        return masking_losses.masked_cross_entropy(logits, image_targets, mask)
+
+    compute = {
+        "contrastive": lambda: contrastive(outputs["image_emb"], outputs["text_emb"], outputs),
+        "mim": lambda: image_term(outputs["mim_logits"], patch_mask),
+        "mlm": lambda: masking_losses.masked_cross_entropy(outputs["mlm_logits"], text_targets,
+                                                           mlm_mask),
+        "mmm_image": lambda: image_term(outputs["mmm_image_logits"], patch_mask & positive),
+        "mmm_text": lambda: masking_losses.masked_cross_entropy(
+            outputs["mmm_text_logits"], text_targets, mlm_mask & positive),
+        "itm": lambda: masking_losses.matching_loss(outputs["itm_logits"], itm_labels),
+    }
+    total, metrics = 0.0, {}
+    for name in TERMS:
+        if weights[name]:
+            value, term_metrics = compute[name]()
+            total = total + weights[name] * value
+            metrics[f"{name}_loss"] = value
+            metrics.update({f"{name}_{k}": v for k, v in term_metrics.items() if k != "loss"})
+    metrics["loss"] = total
+    metrics["logit_scale"] = outputs["logit_scale"]
+    return total, metrics
+
+
+def make_scorer(model: flava.Flava, params, tokenizer, mesh,
+                config: ml_collections.ConfigDict) -> Scorer:
+    """The unimodal CLS embeddings (the contrastive term's); similarity is the cosine."""
+    return serving.make_scorer(model, params, tokenizer, mesh, config.data.text_length)
+
+
+def make_matcher(model: flava.Flava, params, tokenizer, mesh, config: ml_collections.ConfigDict):
+    """Matcher whose match(images uint8 [N,S,S,3], tokens int32 [N,L]) -> float [N] is the ITM
+    log-odds of row-aligned pairs (unmasked images and text through the multimodal encoder)."""
+    return serving.make_matcher(
+        lambda p, images, tokens: model.apply({"params": p}, images, tokens, method=model.match),
+        params, tokenizer, mesh, config.data.text_length)
