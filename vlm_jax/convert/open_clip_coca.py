@@ -1,13 +1,16 @@
 """open_clip's CoCa (a state dict + its model config) -> our `vlm_jax.models.coca.CoCa`.
 
-Supported: the paper's layout, which open_clip builds with vision
-`attentional_pool="parallel"` (both attentional poolers read the ViT's output tokens, the
-class token among them) and a text tower with `embed_cls=True`, run with
-`correct_cls_mask=True` (the appended [CLS] attends to the real tokens and itself). Our model
-computes exactly that. open_clip's *default* CoCa differs in both places (256 queries pooled
-first, one of them taken as the embedding; a [CLS] mask shifted by one position), which is
-what its published weights were trained with; those are refused or, for the mask, would give
-other text embeddings.
+Both of open_clip's pooler layouts convert (our `CoCa.pool_layout`):
+  - vision `attentional_pool=True`, open_clip's default and that of every released CoCa
+    checkpoint: one pooler of `attn_pooler_queries` queries (256), `ln_post` after it, query 0
+    the contrastive embedding (vision `pool_type="tok"`) -> `pool_layout="single"` with
+    `caption_queries = attn_pooler_queries - 1`;
+  - vision `attentional_pool="parallel"`, the paper's: two poolers over the `ln_post`-normed
+    ViT tokens -> `pool_layout="parallel"`.
+("cascade" and poolers other than attentional are refused.) The text tower must append a
+[CLS] (`embed_cls=True`). Its mask is open_clip's default, shifted by one position
+(`legacy_cls_mask=True`), unless the model was run with `correct_cls_mask=True`, which open_clip
+sets only by hand (it is no config field); pass `correct_cls_mask=` as the model ran.
 
 Sizes are read from the tensors where open_clip ignores its config (the multimodal decoder's
 MLP is always 4x wide). Texts: open_clip's rows start with BOS; ours do not (the model
@@ -34,16 +37,32 @@ def text_tokens_from_open_clip(text: np.ndarray, pad_id: int = 0) -> np.ndarray:
     return np.concatenate([text[:, 1:], pad], axis=1).astype(np.int32)
 
 
+def pool_layout(vision_cfg: Mapping) -> str:
+    """Our `CoCa.pool_layout` for open_clip's vision config (ValueError for other poolers)."""
+    attentional_pool = vision_cfg.get("attentional_pool", False)
+    if attentional_pool == "parallel":
+        return "parallel"
+    if attentional_pool is True:
+        if vision_cfg.get("pool_type", "tok") != "tok":
+            raise ValueError(f"open_clip CoCa with vision_cfg.pool_type="
+                             f"{vision_cfg['pool_type']!r} does not convert: the single pooler's "
+                             "query 0 is the embedding only with pool_type='tok' (the default)")
+        return "single"
+    raise ValueError(
+        "open_clip CoCa converts with vision_cfg.attentional_pool=True (its default, one "
+        "pooler) or 'parallel' (the paper's two poolers); this model has "
+        f"attentional_pool={attentional_pool!r}")
+
+
 def coca_kwargs(model_config: Mapping, state_dict: Mapping[str, np.ndarray], *,
-                pad_id: int, bos_id: int, quick_gelu: bool = False) -> dict:
-    """Keyword arguments of `coca.CoCa` for an open_clip CoCa model config and its weights."""
+                pad_id: int, bos_id: int, quick_gelu: bool = False,
+                correct_cls_mask: bool = False) -> dict:
+    """Keyword arguments of `coca.CoCa` for an open_clip CoCa model config and its weights.
+    `correct_cls_mask`: whether open_clip ran the text tower with it (False, its default, for
+    every released checkpoint)."""
     vision, text, multimodal = (model_config[k] for k in
                                 ("vision_cfg", "text_cfg", "multimodal_cfg"))
-    if vision.get("attentional_pool") != "parallel":
-        raise ValueError(
-            "only open_clip CoCa with vision_cfg.attentional_pool='parallel' converts: our CoCa "
-            "pools the ViT tokens with two parallel attentional poolers (the paper's layout); "
-            f"this model has attentional_pool={vision.get('attentional_pool')!r}")
+    layout = pool_layout(vision)
     if not text.get("embed_cls"):
         raise ValueError("open_clip CoCa text towers append a [CLS] (text_cfg.embed_cls=True)")
     embed_dim = model_config["embed_dim"]
@@ -71,8 +90,10 @@ def coca_kwargs(model_config: Mapping, state_dict: Mapping[str, np.ndarray], *,
                         num_heads=multimodal["heads"],
                         mlp_dim=mlp_dim("text_decoder.resblocks.0")),
         embed_dim=embed_dim,
-        caption_queries=vision.get("attn_pooler_queries", 256),
+        # The single pooler's queries are the embedding's (query 0) and the caption tokens.
+        caption_queries=vision.get("attn_pooler_queries", 256) - (layout == "single"),
         pool_heads=vision.get("attn_pooler_heads", 8),
+        pool_layout=layout, legacy_cls_mask=not correct_cls_mask,
         logit_bias_init=(float(state_dict["logit_bias"].reshape(()))
                          if "logit_bias" in state_dict else None),
         pad_id=pad_id, bos_id=bos_id, ln_eps=OPEN_CLIP_LN_EPS, activation=activation,
@@ -145,14 +166,22 @@ def convert_coca_state_dict(state_dict: Mapping[str, np.ndarray], kwargs: dict) 
         "encoder": {f"block{i}": _block(weights, f"visual.transformer.resblocks.{i}",
                                         image["num_heads"]) for i in range(image["depth"])},
     }
-    # "parallel" pooling applies ln_post to every token before both poolers: our final norm.
-    image_tower["encoder"]["norm"] = layer_norm(weights, "visual.ln_post")
     if image["pre_norm"]:
         image_tower["pre_norm"] = layer_norm(weights, "visual.ln_pre")
+    if kwargs["pool_layout"] == "single":
+        # One pooler over the ViT's un-normed tokens; ln_post norms its outputs.
+        poolers = {"pool": _pooler(weights, "visual.attn_pool", kwargs["pool_heads"]),
+                   "pool_norm": layer_norm(weights, "visual.ln_post")}
+    else:
+        # "parallel" applies ln_post to every token before both poolers: our ViT's final norm.
+        image_tower["encoder"]["norm"] = layer_norm(weights, "visual.ln_post")
+        poolers = {
+            "contrastive_pool": _pooler(weights, "visual.attn_pool_contrastive",
+                                        kwargs["pool_heads"]),
+            "caption_pool": _pooler(weights, "visual.attn_pool", kwargs["pool_heads"])}
     params = {
         "image_tower": image_tower,
-        "contrastive_pool": _pooler(weights, "visual.attn_pool_contrastive", kwargs["pool_heads"]),
-        "caption_pool": _pooler(weights, "visual.attn_pool", kwargs["pool_heads"]),
+        **poolers,
         "image_proj": {"kernel": weights.take("visual.proj")},  # x @ proj: already [in, out]
         "unimodal": {
             "token_embedding": {"embedding": weights.take("text.token_embedding.weight")},
@@ -179,5 +208,5 @@ def convert_coca_state_dict(state_dict: Mapping[str, np.ndarray], kwargs: dict) 
         params["logit_bias"] = weights.take("logit_bias").reshape(())
     if weights.unused():
         raise ValueError(f"open_clip CoCa tensors left unmapped: {weights.unused()[:8]}; is "
-                         "this another layout than the paper's (see the module docstring)?")
+                         "this another layout than open_clip's two (see the module docstring)?")
     return params

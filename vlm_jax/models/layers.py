@@ -489,7 +489,8 @@ class Block(nn.Module):
 
 class Encoder(nn.Module):
     """A stack of `depth` blocks followed by a final norm (`block` holds extra Block fields:
-    norm, mlp_type, num_kv_heads, rope_theta, qk_norm, ...)."""
+    norm, mlp_type, num_kv_heads, rope_theta, qk_norm, ...). `final_norm=False` leaves the
+    last block's output as it is (open_clip's single-pooler CoCa norms after its pooler)."""
 
     depth: int
     num_heads: int
@@ -499,6 +500,7 @@ class Encoder(nn.Module):
     activation: str = "gelu"
     execution: Execution = Execution()
     block: tuple[tuple[str, Any], ...] = ()
+    final_norm: bool = True
 
     @nn.compact
     def __call__(self, x, mask=None, is_causal: bool = False):
@@ -519,6 +521,8 @@ class Encoder(nn.Module):
         else:
             for i in range(self.depth):
                 x = block(**settings, name=f"block{i}")(x, mask, kv_lengths)
+        if not self.final_norm:
+            return x[:, :length]
         norm = make_norm(dict(self.block).get("norm", "layernorm"), self.dtype, self.ln_eps,
                          name="norm")
         return norm(x[:, :length])
