@@ -21,10 +21,13 @@ equal to open_clip's `logits[:, t]` for t < context - 1.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 
+from vlm_jax.convert import hf
 from vlm_jax.convert.torch_layout import Weights, layer_norm
 
 OPEN_CLIP_LN_EPS = 1e-5  # torch's LayerNorm default, which open_clip uses
@@ -210,3 +213,62 @@ def convert_coca_state_dict(state_dict: Mapping[str, np.ndarray], kwargs: dict) 
         raise ValueError(f"open_clip CoCa tensors left unmapped: {weights.unused()[:8]}; is "
                          "this another layout than open_clip's two (see the module docstring)?")
     return params
+
+
+OPEN_CLIP_CONFIG_FILE = "open_clip_config.json"  # what open_clip's hub upload writes
+
+
+def read_model_config(weights_path: str, model_config_path: str | None = None) -> dict:
+    """open_clip's model config: `model_config_path` (a model_configs/*.json file, or the hub's
+    open_clip_config.json, {"model_cfg": ...}), or open_clip_config.json beside the weights."""
+    path = (Path(model_config_path) if model_config_path
+            else Path(weights_path).with_name(OPEN_CLIP_CONFIG_FILE))
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"open_clip model config {path} does not exist; pass --open-clip-config with the "
+            "model's open_clip JSON (open_clip/model_configs/coca_*.json or the hub's "
+            f"{OPEN_CLIP_CONFIG_FILE})")
+    record = json.loads(path.read_text())
+    config = record.get("model_cfg", record)
+    if not all(key in config for key in ("embed_dim", "vision_cfg", "text_cfg",
+                                         "multimodal_cfg")):
+        raise ValueError(f"{path} is no open_clip CoCa model config (it needs embed_dim, "
+                         "vision_cfg, text_cfg and multimodal_cfg)")
+    return config
+
+
+def convert_file(weights_path: str, model_config_path: str | None = None, *,
+                 correct_cls_mask: bool = False) -> hf.Converted:
+    """An open_clip CoCa checkpoint (its state dict saved with safetensors.torch.save_file)
+    -> our params and `config.model` fields. The model config is `model_config_path`, or
+    open_clip_config.json beside the weights. Token ids are open_clip's: pad 0, BOS
+    (<start_of_text>) the second-to-last id of the vocabulary."""
+    from safetensors.numpy import load_file
+
+    weights = Path(weights_path)
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} does not exist")
+    model_config = read_model_config(weights_path, model_config_path)
+    state_dict = load_file(weights)
+    vocab_size = model_config["text_cfg"]["vocab_size"]
+    kwargs = coca_kwargs(model_config, state_dict, pad_id=0, bos_id=vocab_size - 2,
+                         quick_gelu=model_config.get("quick_gelu", False),
+                         correct_cls_mask=correct_cls_mask)
+    params = convert_coca_state_dict(state_dict, kwargs)
+    return hf.Converted("open_clip_coca", {"name": "coca", **kwargs}, params, vocab_size, [],
+                        str(weights))
+
+
+def run_config(config, converted: hf.Converted, model_config: Mapping, tokenizer: str = ""):
+    """`config` (a CoCa run config) with the converted model, the checkpoint's image size
+    (`model_config`: open_clip's) and text length, and `tokenizer` if given: what
+    restore.restore_run reads from config.json."""
+    if config.get("trainer") != "coca":
+        raise ValueError(f"the run config's trainer is {config.get('trainer')!r}; an open_clip "
+                         "CoCa needs a CoCa config (configs/coca.py)")
+    config.model = {"execution": config.model.get("execution", {}), **converted.model}
+    config.data.image_size = model_config["vision_cfg"]["image_size"]
+    config.data.text_length = model_config["text_cfg"]["context_length"]
+    if tokenizer:
+        config.data.tokenizer = tokenizer
+    return config

@@ -37,7 +37,6 @@ from vlm_jax.models import layers, sizes, two_tower
 from vlm_jax.models.two_tower import l2_normalize
 from vlm_jax.models.vit import ViT
 
-
 POOL_LAYOUTS = ("parallel", "single")
 
 
