@@ -1,10 +1,12 @@
 """Our CoCa, converted from open_clip's CoCa, computes what open_clip computes: image and
 text embeddings, the caption pooler's tokens, caption logits, and both CoCaLoss terms
-(caption_loss_weight=2, clip_loss_weight=1), in float32 to 1e-5.
+(caption_loss_weight=2, clip_loss_weight=1), in float32 to 1e-5, in both of open_clip's
+pooler layouts: "parallel" (the paper's, with the corrected [CLS] mask) and its default one
+(one pooler, the legacy [CLS] mask), which every released open_clip CoCa checkpoint uses.
 
-The golden fixture (tests/fixtures/coca_tiny, made by tests/fixtures/make_coca_fixture.py)
-always runs; the live test builds a fresh random open_clip CoCa whenever torch and open_clip
-import (e.g. `pip install -e .[parity]`).
+The golden fixtures (tests/fixtures/coca_tiny and coca_tiny_default, made by
+tests/fixtures/make_coca_fixture.py) always run; the live tests build a fresh random open_clip
+CoCa whenever torch and open_clip import (e.g. `pip install -e .[parity]`).
 """
 
 import importlib.util
@@ -26,6 +28,7 @@ from vlm_jax.models import coca
 from vlm_jax.trainers import coca as coca_trainer
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "coca_tiny"
+DEFAULT_FIXTURE = FIXTURE.with_name("coca_tiny_default")  # open_clip's default layout
 MAKE_FIXTURE = Path(__file__).parents[1] / "fixtures" / "make_coca_fixture.py"
 TOLERANCE = 1e-5
 
@@ -41,7 +44,7 @@ def load_make_fixture():
 def our_outputs(record: dict, state_dict: dict, inputs) -> dict[str, np.ndarray]:
     """Our model's outputs, named as make_coca_fixture.tiny_outputs names open_clip's."""
     kwargs = coca_kwargs(record["model_config"], state_dict, pad_id=record["pad_id"],
-                         bos_id=record["bos_id"])
+                         bos_id=record["bos_id"], correct_cls_mask=record["correct_cls_mask"])
     model = coca.CoCa(**kwargs)
     params = convert_coca_state_dict(state_dict, kwargs)
     images = np.asarray(inputs["pixel_values"]).transpose(0, 2, 3, 1)  # NCHW -> NHWC
@@ -110,14 +113,56 @@ def test_converted_coca_matches_live_open_clip():
     inputs = make.tiny_inputs(seed=4)
     expected = make.tiny_outputs(model, inputs)
     state_dict = {k: v.detach().numpy() for k, v in model.state_dict().items()}
-    record = {"model_config": make.MODEL_CONFIG, "pad_id": make.PAD, "bos_id": make.BOS}
+    record = {"model_config": make.MODEL_CONFIG, "pad_id": make.PAD, "bos_id": make.BOS,
+              "correct_cls_mask": True}
     diffs = max_abs_diffs(our_outputs(record, state_dict, inputs), {**inputs, **expected})
     assert max(diffs.values()) < TOLERANCE, diffs
 
 
-def test_default_open_clip_coca_layout_is_refused():
+def test_converted_default_layout_coca_matches_golden_open_clip_outputs():
+    record = json.loads((DEFAULT_FIXTURE / "config.json").read_text())
+    from safetensors.numpy import load_file
+
+    state_dict = load_file(DEFAULT_FIXTURE / "model.safetensors")
+    assert record["model_config"]["vision_cfg"]["attentional_pool"] is True
+    assert not record["correct_cls_mask"]
+    kwargs = coca_kwargs(record["model_config"], state_dict, pad_id=record["pad_id"],
+                         bos_id=record["bos_id"])  # open_clip's defaults: nothing to pass
+    assert (kwargs["pool_layout"], kwargs["caption_queries"], kwargs["legacy_cls_mask"]) == (
+        "single", 4, True)
+    expected = np.load(DEFAULT_FIXTURE / "expected.npz")
+    diffs = max_abs_diffs(our_outputs(record, state_dict, expected), expected)
+    assert max(diffs.values()) < TOLERANCE, diffs
+    assert np.abs(expected["logits"]).max() > 1.0
+    assert float(expected["caption_loss"]) > 1.0 and float(expected["contrastive_loss"]) > 0.1
+    # The legacy mask differs from the corrected one only where a row has padding: both kinds
+    # of row are there, and the text embeddings depend on the mask chosen.
+    padded = (expected["text"] == record["pad_id"]).any(axis=1)
+    assert padded.any() and not padded.all()
+    corrected = our_outputs({**record, "correct_cls_mask": True}, state_dict, expected)
+    gap = np.abs(np.asarray(corrected["text_features"]) - expected["text_features"]).max(axis=1)
+    assert (gap[padded] > 1e-3).all() and (gap[~padded] < TOLERANCE).all(), gap
+
+
+def test_converted_default_layout_coca_matches_live_open_clip():
+    pytest.importorskip("torch")
+    if importlib.util.find_spec("open_clip") is None:
+        pytest.skip("open_clip is not installed")
+    make = load_make_fixture()
+    model = make.tiny_coca(seed=5, layout="default")
+    inputs = make.tiny_inputs(seed=6)
+    expected = make.tiny_outputs(model, inputs)
+    state_dict = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    record = {"model_config": make.DEFAULT_MODEL_CONFIG, "pad_id": make.PAD, "bos_id": make.BOS,
+              "correct_cls_mask": False}
+    diffs = max_abs_diffs(our_outputs(record, state_dict, inputs), {**inputs, **expected})
+    assert max(diffs.values()) < TOLERANCE, diffs
+
+
+@pytest.mark.parametrize("attentional_pool", ["cascade", False])
+def test_other_open_clip_pooler_layouts_are_refused(attentional_pool):
     record = json.loads((FIXTURE / "config.json").read_text())
     model_config = json.loads(json.dumps(record["model_config"]))
-    model_config["vision_cfg"]["attentional_pool"] = True
-    with pytest.raises(ValueError, match="attentional_pool='parallel'"):
+    model_config["vision_cfg"]["attentional_pool"] = attentional_pool
+    with pytest.raises(ValueError, match="attentional_pool=True"):
         coca_kwargs(model_config, {}, pad_id=0, bos_id=1)

@@ -1,13 +1,16 @@
 """open_clip's CoCa (a state dict + its model config) -> our `vlm_jax.models.coca.CoCa`.
 
-Supported: the paper's layout, which open_clip builds with vision
-`attentional_pool="parallel"` (both attentional poolers read the ViT's output tokens, the
-class token among them) and a text tower with `embed_cls=True`, run with
-`correct_cls_mask=True` (the appended [CLS] attends to the real tokens and itself). Our model
-computes exactly that. open_clip's *default* CoCa differs in both places (256 queries pooled
-first, one of them taken as the embedding; a [CLS] mask shifted by one position), which is
-what its published weights were trained with; those are refused or, for the mask, would give
-other text embeddings.
+Both of open_clip's pooler layouts convert (our `CoCa.pool_layout`):
+  - vision `attentional_pool=True`, open_clip's default and that of every released CoCa
+    checkpoint: one pooler of `attn_pooler_queries` queries (256), `ln_post` after it, query 0
+    the contrastive embedding (vision `pool_type="tok"`) -> `pool_layout="single"` with
+    `caption_queries = attn_pooler_queries - 1`;
+  - vision `attentional_pool="parallel"`, the paper's: two poolers over the `ln_post`-normed
+    ViT tokens -> `pool_layout="parallel"`.
+("cascade" and poolers other than attentional are refused.) The text tower must append a
+[CLS] (`embed_cls=True`). Its mask is open_clip's default, shifted by one position
+(`legacy_cls_mask=True`), unless the model was run with `correct_cls_mask=True`, which open_clip
+sets only by hand (it is no config field); pass `correct_cls_mask=` as the model ran.
 
 Sizes are read from the tensors where open_clip ignores its config (the multimodal decoder's
 MLP is always 4x wide). Texts: open_clip's rows start with BOS; ours do not (the model
@@ -18,10 +21,13 @@ equal to open_clip's `logits[:, t]` for t < context - 1.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 
+from vlm_jax.convert import hf
 from vlm_jax.convert.torch_layout import Weights, layer_norm
 
 OPEN_CLIP_LN_EPS = 1e-5  # torch's LayerNorm default, which open_clip uses
@@ -34,16 +40,32 @@ def text_tokens_from_open_clip(text: np.ndarray, pad_id: int = 0) -> np.ndarray:
     return np.concatenate([text[:, 1:], pad], axis=1).astype(np.int32)
 
 
+def pool_layout(vision_cfg: Mapping) -> str:
+    """Our `CoCa.pool_layout` for open_clip's vision config (ValueError for other poolers)."""
+    attentional_pool = vision_cfg.get("attentional_pool", False)
+    if attentional_pool == "parallel":
+        return "parallel"
+    if attentional_pool is True:
+        if vision_cfg.get("pool_type", "tok") != "tok":
+            raise ValueError(f"open_clip CoCa with vision_cfg.pool_type="
+                             f"{vision_cfg['pool_type']!r} does not convert: the single pooler's "
+                             "query 0 is the embedding only with pool_type='tok' (the default)")
+        return "single"
+    raise ValueError(
+        "open_clip CoCa converts with vision_cfg.attentional_pool=True (its default, one "
+        "pooler) or 'parallel' (the paper's two poolers); this model has "
+        f"attentional_pool={attentional_pool!r}")
+
+
 def coca_kwargs(model_config: Mapping, state_dict: Mapping[str, np.ndarray], *,
-                pad_id: int, bos_id: int, quick_gelu: bool = False) -> dict:
-    """Keyword arguments of `coca.CoCa` for an open_clip CoCa model config and its weights."""
+                pad_id: int, bos_id: int, quick_gelu: bool = False,
+                correct_cls_mask: bool = False) -> dict:
+    """Keyword arguments of `coca.CoCa` for an open_clip CoCa model config and its weights.
+    `correct_cls_mask`: whether open_clip ran the text tower with it (False, its default, for
+    every released checkpoint)."""
     vision, text, multimodal = (model_config[k] for k in
                                 ("vision_cfg", "text_cfg", "multimodal_cfg"))
-    if vision.get("attentional_pool") != "parallel":
-        raise ValueError(
-            "only open_clip CoCa with vision_cfg.attentional_pool='parallel' converts: our CoCa "
-            "pools the ViT tokens with two parallel attentional poolers (the paper's layout); "
-            f"this model has attentional_pool={vision.get('attentional_pool')!r}")
+    layout = pool_layout(vision)
     if not text.get("embed_cls"):
         raise ValueError("open_clip CoCa text towers append a [CLS] (text_cfg.embed_cls=True)")
     embed_dim = model_config["embed_dim"]
@@ -71,8 +93,10 @@ def coca_kwargs(model_config: Mapping, state_dict: Mapping[str, np.ndarray], *,
                         num_heads=multimodal["heads"],
                         mlp_dim=mlp_dim("text_decoder.resblocks.0")),
         embed_dim=embed_dim,
-        caption_queries=vision.get("attn_pooler_queries", 256),
+        # The single pooler's queries are the embedding's (query 0) and the caption tokens.
+        caption_queries=vision.get("attn_pooler_queries", 256) - (layout == "single"),
         pool_heads=vision.get("attn_pooler_heads", 8),
+        pool_layout=layout, legacy_cls_mask=not correct_cls_mask,
         logit_bias_init=(float(state_dict["logit_bias"].reshape(()))
                          if "logit_bias" in state_dict else None),
         pad_id=pad_id, bos_id=bos_id, ln_eps=OPEN_CLIP_LN_EPS, activation=activation,
@@ -145,14 +169,22 @@ def convert_coca_state_dict(state_dict: Mapping[str, np.ndarray], kwargs: dict) 
         "encoder": {f"block{i}": _block(weights, f"visual.transformer.resblocks.{i}",
                                         image["num_heads"]) for i in range(image["depth"])},
     }
-    # "parallel" pooling applies ln_post to every token before both poolers: our final norm.
-    image_tower["encoder"]["norm"] = layer_norm(weights, "visual.ln_post")
     if image["pre_norm"]:
         image_tower["pre_norm"] = layer_norm(weights, "visual.ln_pre")
+    if kwargs["pool_layout"] == "single":
+        # One pooler over the ViT's un-normed tokens; ln_post norms its outputs.
+        poolers = {"pool": _pooler(weights, "visual.attn_pool", kwargs["pool_heads"]),
+                   "pool_norm": layer_norm(weights, "visual.ln_post")}
+    else:
+        # "parallel" applies ln_post to every token before both poolers: our ViT's final norm.
+        image_tower["encoder"]["norm"] = layer_norm(weights, "visual.ln_post")
+        poolers = {
+            "contrastive_pool": _pooler(weights, "visual.attn_pool_contrastive",
+                                        kwargs["pool_heads"]),
+            "caption_pool": _pooler(weights, "visual.attn_pool", kwargs["pool_heads"])}
     params = {
         "image_tower": image_tower,
-        "contrastive_pool": _pooler(weights, "visual.attn_pool_contrastive", kwargs["pool_heads"]),
-        "caption_pool": _pooler(weights, "visual.attn_pool", kwargs["pool_heads"]),
+        **poolers,
         "image_proj": {"kernel": weights.take("visual.proj")},  # x @ proj: already [in, out]
         "unimodal": {
             "token_embedding": {"embedding": weights.take("text.token_embedding.weight")},
@@ -179,5 +211,64 @@ def convert_coca_state_dict(state_dict: Mapping[str, np.ndarray], kwargs: dict) 
         params["logit_bias"] = weights.take("logit_bias").reshape(())
     if weights.unused():
         raise ValueError(f"open_clip CoCa tensors left unmapped: {weights.unused()[:8]}; is "
-                         "this another layout than the paper's (see the module docstring)?")
+                         "this another layout than open_clip's two (see the module docstring)?")
     return params
+
+
+OPEN_CLIP_CONFIG_FILE = "open_clip_config.json"  # what open_clip's hub upload writes
+
+
+def read_model_config(weights_path: str, model_config_path: str | None = None) -> dict:
+    """open_clip's model config: `model_config_path` (a model_configs/*.json file, or the hub's
+    open_clip_config.json, {"model_cfg": ...}), or open_clip_config.json beside the weights."""
+    path = (Path(model_config_path) if model_config_path
+            else Path(weights_path).with_name(OPEN_CLIP_CONFIG_FILE))
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"open_clip model config {path} does not exist; pass --open-clip-config with the "
+            "model's open_clip JSON (open_clip/model_configs/coca_*.json or the hub's "
+            f"{OPEN_CLIP_CONFIG_FILE})")
+    record = json.loads(path.read_text())
+    config = record.get("model_cfg", record)
+    if not all(key in config for key in ("embed_dim", "vision_cfg", "text_cfg",
+                                         "multimodal_cfg")):
+        raise ValueError(f"{path} is no open_clip CoCa model config (it needs embed_dim, "
+                         "vision_cfg, text_cfg and multimodal_cfg)")
+    return config
+
+
+def convert_file(weights_path: str, model_config_path: str | None = None, *,
+                 correct_cls_mask: bool = False) -> hf.Converted:
+    """An open_clip CoCa checkpoint (its state dict saved with safetensors.torch.save_file)
+    -> our params and `config.model` fields. The model config is `model_config_path`, or
+    open_clip_config.json beside the weights. Token ids are open_clip's: pad 0, BOS
+    (<start_of_text>) the second-to-last id of the vocabulary."""
+    from safetensors.numpy import load_file
+
+    weights = Path(weights_path)
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} does not exist")
+    model_config = read_model_config(weights_path, model_config_path)
+    state_dict = load_file(weights)
+    vocab_size = model_config["text_cfg"]["vocab_size"]
+    kwargs = coca_kwargs(model_config, state_dict, pad_id=0, bos_id=vocab_size - 2,
+                         quick_gelu=model_config.get("quick_gelu", False),
+                         correct_cls_mask=correct_cls_mask)
+    params = convert_coca_state_dict(state_dict, kwargs)
+    return hf.Converted("open_clip_coca", {"name": "coca", **kwargs}, params, vocab_size, [],
+                        str(weights))
+
+
+def run_config(config, converted: hf.Converted, model_config: Mapping, tokenizer: str = ""):
+    """`config` (a CoCa run config) with the converted model, the checkpoint's image size
+    (`model_config`: open_clip's) and text length, and `tokenizer` if given: what
+    restore.restore_run reads from config.json."""
+    if config.get("trainer") != "coca":
+        raise ValueError(f"the run config's trainer is {config.get('trainer')!r}; an open_clip "
+                         "CoCa needs a CoCa config (configs/coca.py)")
+    config.model = {"execution": config.model.get("execution", {}), **converted.model}
+    config.data.image_size = model_config["vision_cfg"]["image_size"]
+    config.data.text_length = model_config["text_cfg"]["context_length"]
+    if tokenizer:
+        config.data.tokenizer = tokenizer
+    return config

@@ -8,8 +8,14 @@
                                ─ norm ─ LM head ─ caption_logits
     Multimodal half: per layer a causal self-attention block, then a cross-attention block.
 
-The poolers are open_clip's "parallel" attentional pooling (the paper's): both read the
-ViT's final-normed tokens. Text tokens arrive as the tokenizer makes them (tokens, EOS,
+`pool_layout` arranges the image poolers as one of open_clip's two layouts:
+  - "parallel" (the paper's; open_clip's `attentional_pool="parallel"`): two poolers, of 1 and
+    `caption_queries` queries, both read the ViT's final-normed tokens;
+  - "single" (open_clip's default, `attentional_pool=True`, which its released CoCa weights
+    use): one pooler of `caption_queries + 1` queries reads the ViT's tokens without a final
+    norm, a LayerNorm follows it; its first output is the contrastive embedding (through
+    image_proj), the other `caption_queries` are the caption tokens.
+Text tokens arrive as the tokenizer makes them (tokens, EOS,
 right-padding, no BOS); the model prepends BOS itself, so `caption_logits[:, t]` predicts
 `text_tokens[:, t]`. Decoding runs the unimodal and multimodal halves one token at a time
 against a fixed-size KV cache (`init_cache`, `decode_step`); `vlm_jax.generation` drives it.
@@ -30,6 +36,8 @@ import ml_collections
 from vlm_jax.models import layers, sizes, two_tower
 from vlm_jax.models.two_tower import l2_normalize
 from vlm_jax.models.vit import ViT
+
+POOL_LAYOUTS = ("parallel", "single")
 
 
 def decoder_inputs(text_tokens: jax.Array, bos_id: int) -> jax.Array:
@@ -91,6 +99,7 @@ class UnimodalDecoder(nn.Module):
     dtype: jnp.dtype = jnp.float32
     ln_eps: float = 1e-6
     activation: str = "gelu"
+    legacy_cls_mask: bool = False
     execution: layers.Execution = layers.Execution()
 
     def setup(self):
@@ -125,6 +134,12 @@ class UnimodalDecoder(nn.Module):
         # Text tokens are causal, so they never see the right-padding or the [CLS]; the [CLS]
         # (last) sees every real token but no padding.
         valid = jnp.concatenate([inputs != self.pad_id, jnp.ones((batch, 1), bool)], axis=1)
+        if self.legacy_cls_mask:
+            # open_clip's default mask, which its released CoCa weights were trained with: the
+            # key validity is shifted right by one position, so the [CLS] also sees the first
+            # padding position and sees itself only when the text fills the context. Real
+            # tokens see the same keys either way, so cached decoding is unaffected.
+            valid = jnp.concatenate([jnp.ones((batch, 1), bool), inputs != self.pad_id], axis=1)
         mask = valid[:, None, None, :]  # [B, 1, 1, L + 1]
         x, mask, kv_lengths = layers.pad_sequence(x, mask, self.execution.pad_multiple)
         for block in self.blocks:
@@ -205,7 +220,8 @@ class CoCa(nn.Module):
     depth, num_heads, mlp_dim, max_len). `multimodal`: the multimodal half (width equal to the
     text width, depth, num_heads, mlp_dim). `ln_eps` and `activation` (layers.ACTIVATIONS)
     apply to the poolers and both halves (open_clip: 1e-5, "gelu_exact"); the ViT takes its
-    own from `image`.
+    own from `image`. `pool_layout`: "parallel" or "single" (module docstring).
+    `legacy_cls_mask`: open_clip's default [CLS] mask (for its released weights).
     """
 
     image: dict[str, Any]
@@ -214,6 +230,8 @@ class CoCa(nn.Module):
     embed_dim: int
     caption_queries: int = 256
     pool_heads: int = 8
+    pool_layout: str = "parallel"
+    legacy_cls_mask: bool = False
     logit_scale_init: float = math.log(1 / 0.07)
     logit_bias_init: float | None = None
     max_logit_scale: float = 100.0
@@ -233,14 +251,26 @@ class CoCa(nn.Module):
         if self.multimodal["width"] != width:
             raise ValueError(f"multimodal width {self.multimodal['width']} must equal the text "
                              f"width {width}: the halves share one residual stream")
-        self.image_tower = ViT(**{"execution": self.execution, **self.image}, dtype=self.dtype)
-        self.contrastive_pool = AttentionalPooler(
-            width, 1, self.pool_heads, self.dtype, self.ln_eps)
-        self.caption_pool = AttentionalPooler(
-            width, self.caption_queries, self.pool_heads, self.dtype, self.ln_eps)
+        if self.pool_layout not in POOL_LAYOUTS:
+            raise ValueError(f"model.pool_layout {self.pool_layout!r} must be one of "
+                             f"{', '.join(POOL_LAYOUTS)}")
+        single = self.pool_layout == "single"
+        # "single" norms after its pooler (pool_norm), so the ViT's own final norm is left out.
+        self.image_tower = ViT(**{"execution": self.execution, **self.image},
+                               final_norm=not single, dtype=self.dtype)
+        if single:
+            self.pool = AttentionalPooler(
+                width, self.caption_queries + 1, self.pool_heads, self.dtype, self.ln_eps)
+            self.pool_norm = layers.LayerNorm(self.dtype, self.ln_eps)
+        else:
+            self.contrastive_pool = AttentionalPooler(
+                width, 1, self.pool_heads, self.dtype, self.ln_eps)
+            self.caption_pool = AttentionalPooler(
+                width, self.caption_queries, self.pool_heads, self.dtype, self.ln_eps)
         norms = dict(dtype=self.dtype, ln_eps=self.ln_eps, activation=self.activation,
                      execution=self.execution)
-        self.unimodal = UnimodalDecoder(**self.text, pad_id=self.pad_id, **norms)
+        self.unimodal = UnimodalDecoder(**self.text, pad_id=self.pad_id,
+                                        legacy_cls_mask=self.legacy_cls_mask, **norms)
         self.multimodal_decoder = MultimodalDecoder(
             vocab_size=self.text["vocab_size"], **self.multimodal, **norms)
         self.image_proj = two_tower.projection(self.embed_dim, self.dtype)
@@ -255,9 +285,14 @@ class CoCa(nn.Module):
             # The class token's output is one more token for the poolers (open_clip's CoCa);
             # the embeddings come from the poolers, not from it.
             tokens = jnp.concatenate([cls[:, None].astype(tokens.dtype), tokens], axis=1)
-        pooled = self.contrastive_pool(tokens)[:, 0]
+        if self.pool_layout == "single":
+            pooled_queries = self.pool_norm(self.pool(tokens))  # [B, 1 + Q, D]
+            pooled, caption_tokens = pooled_queries[:, 0], pooled_queries[:, 1:]
+        else:
+            pooled = self.contrastive_pool(tokens)[:, 0]
+            caption_tokens = self.caption_pool(tokens)
         image_emb = l2_normalize(self.image_proj(pooled).astype(jnp.float32))
-        return image_emb, {"caption_tokens": self.caption_pool(tokens), "tokens": tokens}
+        return image_emb, {"caption_tokens": caption_tokens, "tokens": tokens}
 
     def encode_text(self, text_tokens: jax.Array):
         """text_tokens [B, L] -> (text_emb [B, E], {"tokens": unimodal states [B, L, D]})."""

@@ -490,7 +490,8 @@ class Block(nn.Module):
 class Encoder(nn.Module):
     """A stack of `depth` blocks followed by a final norm (`block` holds extra Block fields:
     norm, mlp_type, num_kv_heads, rope_theta, qk_norm, ...). `final_norm=False` returns the
-    last block's output un-normalised (FLAVA fuses those states; its norm lives outside)."""
+    last block's output un-normalised (FLAVA fuses those states and open_clip's single-pooler
+    CoCa norms after its pooler: their norms live outside)."""
 
     depth: int
     num_heads: int

@@ -25,6 +25,7 @@ class ViT(nn.Module):
     `extras["extra_tokens"]` [B, K, D]; pooling and "tokens" see the patch tokens only.
     `pre_norm` adds a LayerNorm before the encoder (OpenAI CLIP's "pre_layrnorm"); `ln_eps` and
     `activation` (layers.ACTIVATIONS) let imported checkpoints compute as they were trained.
+    `final_norm=False` drops the encoder's final LayerNorm (for a head that norms after it).
     """
 
     width: int
@@ -35,6 +36,7 @@ class ViT(nn.Module):
     pool: str = "map"
     num_extra_tokens: int = 0
     pre_norm: bool = False
+    final_norm: bool = True
     ln_eps: float = 1e-6
     activation: str = "gelu"
     execution: layers.Execution = layers.Execution()  # how, never what: see layers
@@ -78,7 +80,8 @@ class ViT(nn.Module):
         if self.pre_norm:
             x = layers.LayerNorm(self.dtype, self.ln_eps, name="pre_norm")(x)
         x = layers.Encoder(self.depth, self.num_heads, self.mlp_dim, self.dtype, self.ln_eps,
-                           self.activation, self.execution, name="encoder")(x)
+                           self.activation, self.execution, final_norm=self.final_norm,
+                           name="encoder")(x)
         extra_out, x = x[:, :num_extra], x[:, num_extra:]
         if self.pool == "cls":
             pooled, x = x[:, 0], x[:, 1:]
