@@ -33,7 +33,7 @@ CONVERTERS = {
 ONE_TOWER = {"clip": ("clip_vision_model", "clip_text_model"),
              "siglip": ("siglip_vision_model", "siglip_text_model")}
 # Where a converted tree keeps its token embedding ([vocab, D]), whose rows set the vocab size.
-TOKEN_EMBEDDINGS = ("text_tower/token_embedding/embedding", "lm/embed/embedding")
+TOKEN_EMBEDDINGS = ("text_tower/token_embedding/embedding", "lm/token_embedding/embedding")
 PARAMS_DIR, MODEL_CONFIG_FILE = "params", "model_config.json"
 
 
