@@ -71,17 +71,22 @@ def lm_config(config: dict) -> dict:
     if config["hidden_act"] != "silu":
         raise ValueError(f"Llama hidden_act {config['hidden_act']!r} is not supported; "
                          "only silu (SwiGLU) is")
-    if config["rope_scaling"] or config["mlp_bias"]:
-        raise ValueError(f"Llama rope_scaling {config['rope_scaling']!r} / mlp_bias "
+    # transformers >= 5 writes RoPE settings as rope_parameters; older files as rope_theta and
+    # rope_scaling. Only plain RoPE ("default") is what models.lm.LM computes.
+    rope = dict(config.get("rope_parameters") or config["rope_scaling"] or {})
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type != "default" or config["mlp_bias"]:
+        raise ValueError(f"Llama rope_scaling/rope_parameters {rope!r} / mlp_bias "
                          f"{config['mlp_bias']!r} are not supported by models.lm.LM (plain RoPE, "
                          "bias-free SwiGLU)")
+    rope_theta = float(rope.get("rope_theta", config["rope_theta"]))
     width, heads = config["hidden_size"], config["num_attention_heads"]
     head_dim = config.get("head_dim") or width // heads
     return dict(
         vocab_size=config["vocab_size"], width=width, depth=config["num_hidden_layers"],
         num_heads=heads, num_kv_heads=config.get("num_key_value_heads") or heads,
         head_dim=head_dim, mlp_dim=config["intermediate_size"],
-        rope_theta=float(config["rope_theta"]), norm_eps=float(config["rms_norm_eps"]),
+        rope_theta=rope_theta, norm_eps=float(config["rms_norm_eps"]),
         tie_embeddings=bool(config["tie_word_embeddings"]),
         attention_bias=bool(config["attention_bias"]),
     )
