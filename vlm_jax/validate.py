@@ -13,6 +13,7 @@ import tempfile
 import ml_collections
 
 from vlm_jax.configlib import ConfigError
+from vlm_jax.data import packaged
 
 SOURCES = ("world", "array_record", "tfds")
 
@@ -106,9 +107,11 @@ def _check_data(data) -> None:
         raise ConfigError("data.source=tfds needs data.tfds_name (e.g. "
                           "--config.data.tfds_name=coco_captions)")
     tokenizer = data.tokenizer
-    if tokenizer != "world" and tokenizer != "minilm" and not os.path.isfile(tokenizer):
-        raise ConfigError(f"data.tokenizer={tokenizer!r} is not a file; use 'world', 'minilm', "
-                          "a SentencePiece .model or a tokenizer.json path")
+    if (tokenizer != "world" and tokenizer not in packaged.PACKAGED_MODELS
+            and not os.path.isfile(tokenizer)):
+        raise ConfigError(f"data.tokenizer={tokenizer!r} is not a file; use 'world', a packaged "
+                          f"model ({', '.join(packaged.PACKAGED_MODELS)}), a SentencePiece "
+                          ".model, a tokenizer.json or a .gguf path")
     if tokenizer == "world" and data.vocab_size < 8:
         raise ConfigError(f"data.vocab_size={data.vocab_size} is too small for the world "
                           "tokenizer; use e.g. 256")

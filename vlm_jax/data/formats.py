@@ -19,6 +19,8 @@ T = data.image_tokens, S = data.image_size):
                closing; BOS joins the first span, EOS the last; 0 on padding)
   image_only   image
   text_only    text_tokens (the caption)
+  qa_text      prefix_lm's sequence arrays without the image: the chat template of the
+               example's (question, answer) as text alone (a language model's QA text)
 
 A mixture (data.mixture = (("caption", 0.7), ("prefix_lm", 0.3))) gives every example the union
 of its formats' keys, the absent ones at their fill value (zeros; text_tokens at pad_id;
@@ -34,7 +36,8 @@ from collections.abc import Sequence
 import ml_collections
 import numpy as np
 
-FORMATS = ("caption", "prefix_lm", "interleaved", "image_only", "text_only")
+FORMATS = ("caption", "prefix_lm", "interleaved", "image_only", "text_only", "qa_text")
+QA_FORMATS = ("prefix_lm", "qa_text")  # the formats built from the example's (question, answer)
 SEQUENCE_KEYS = ("text_tokens", "mask_ar", "mask_loss", "text_mask")
 FORMAT_KEYS = {
     "caption": ("image", "text_tokens"),
@@ -42,6 +45,7 @@ FORMAT_KEYS = {
     "interleaved": ("images", "image_valid", "image_positions", *SEQUENCE_KEYS, "segment_ids"),
     "image_only": ("image",),
     "text_only": ("text_tokens",),
+    "qa_text": SEQUENCE_KEYS,
 }
 _FORMAT_STREAM = 21  # the rng stream of the per-example format draw
 
@@ -207,7 +211,7 @@ class BuildBatch:
         for k, name in enumerate(format_names):
             if "image" in FORMAT_KEYS[name]:
                 out["image"][k] = raw["image"][k]
-            if name == "prefix_lm":
+            if name in QA_FORMATS:
                 row = prefix_lm_example(tokenizer, str(raw["question"][k]),
                                         str(raw["answer"][k]), length)
             elif name == "interleaved":

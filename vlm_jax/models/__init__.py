@@ -24,6 +24,7 @@ FAMILIES = {
     "vq": "vq",
     "flava": "flava",
     "maskvlm": "maskvlm",
+    "lm": "lm",
 }
 
 
