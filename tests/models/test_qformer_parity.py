@@ -49,7 +49,7 @@ def our_outputs(record: dict, tensors: dict, inputs) -> dict[str, np.ndarray]:
     params = {"qformer": qformer_params, **heads, "logit_scale": jnp.zeros(())}
     apply = lambda method, *args: np.asarray(full.apply({"params": params}, *args, method=method))
     query_emb = full.apply({"params": params}, features, method=full.encode_queries)
-    text_emb = full.apply({"params": params}, tokens, method=full.encode_text)
+    text_emb, _ = full.apply({"params": params}, tokens, method=full.encode_text)
     outputs["itc_scores"] = np.asarray(blip2.max_query_similarity(query_emb, text_emb))
     outputs["itm_logits"] = apply(full.match, features, tokens)
     return outputs

@@ -104,14 +104,20 @@ class Blip2(nn.Module):
         outputs = self.qformer(image_features, None)  # [B, Q, D]
         return l2_normalize(self.vision_proj(outputs).astype(jnp.float32))
 
-    def encode_text(self, text_tokens: jax.Array) -> jax.Array:
-        """text_emb [B, E], L2-normalised: the [CLS] output of the text run alone."""
+    def encode_image(self, images: jax.Array):
+        """(query_emb [B, Q, E], {"image_features"}) of uint8 images (the scorer's image side)."""
+        features = self.image_features(images)
+        return self.encode_queries(features), {"image_features": features}
+
+    def encode_text(self, text_tokens: jax.Array):
+        """(text_emb [B, E] L2-normalised, {"tokens"}): the [CLS] output of the text run alone."""
         outputs = self.qformer(None, self._with_task_token(text_tokens, self.cls_id, True))
-        return l2_normalize(self.text_proj(outputs[:, 0]).astype(jnp.float32))
+        return l2_normalize(self.text_proj(outputs[:, 0]).astype(jnp.float32)), {
+            "tokens": outputs}
 
     def contrastive(self, image_features: jax.Array, text_tokens: jax.Array):
         """(query_emb [B, Q, E], text_emb [B, E], {"logit_scale"})."""
-        return (self.encode_queries(image_features), self.encode_text(text_tokens),
+        return (self.encode_queries(image_features), self.encode_text(text_tokens)[0],
                 two_tower.logit_extras(self))
 
     def similarity(self, query_emb: jax.Array, text_emb: jax.Array) -> jax.Array:
