@@ -20,6 +20,7 @@ from vlm_jax.configlib import ConfigError, parse_arg
 
 TASK_TOKENS = ("[CLS]", "[DEC]")
 STAGES = (1,)
+TINY_STEPS = 300
 
 
 def get_config(arg=None):
@@ -57,6 +58,9 @@ def get_config(arg=None):
             activation="gelu_exact")
         c.optim.lr, c.optim.weight_decay = 1e-3, 1e-4  # the tiny configs' (fast on the world)
         common.tiny_run(c, arg)
+        # A step runs the Q-Former five times (queries, text, 3B matching pairs, captioning):
+        # about twice SigLIP tiny's step, so half its steps keep the run near its wall time.
+        c.total_steps = arg.steps or TINY_STEPS
     else:
         common.full_run(c, arg)
         c.data.text_length = 32  # BLIP-2's max_txt_len

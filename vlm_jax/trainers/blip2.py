@@ -80,10 +80,22 @@ def make_loss_fn(model: blip2.Blip2, config: ml_collections.ConfigDict, mesh=Non
     return loss_fn
 
 
+def check_task_tokens(model: blip2.Blip2, tokenizer) -> None:
+    """The model's [CLS]/[DEC] ids must be the tokenizer's (configs/blip2.py adds both after
+    the world vocabulary); a mismatch names both sides."""
+    for name, model_id in (("[CLS]", model.cls_id), ("[DEC]", model.dec_id)):
+        token_id = tokenizer.token_id(name)
+        if token_id != model_id:
+            raise ValueError(f"tokenizer {tokenizer!r} has {name} = {token_id} but the model was "
+                             f"built with {model_id}; set config.model.cls_id / dec_id to the "
+                             "tokenizer's ids")
+
+
 def make_scorer(model: blip2.Blip2, params, tokenizer, mesh,
                 config: ml_collections.ConfigDict) -> Scorer:
     """Images encode to their query embeddings [N, Q, E], texts to [M, E]; a pair's score is
     the max over queries of the cosine (zero-shot averages templates' score matrices)."""
+    check_task_tokens(model, tokenizer)
     similarity = jax.jit(blip2.max_query_similarity)
     return serving.make_scorer(
         model, params, tokenizer, mesh, config.data.text_length,
