@@ -29,8 +29,8 @@ SMOOTHING = 0.1
 def numpy_smoothed_ce(logits: np.ndarray, labels: np.ndarray, smoothing: float) -> np.ndarray:
     """Per-row torch cross_entropy(label_smoothing=smoothing), float64."""
     logits = logits.astype(np.float64)
-    log_probs = logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1, keepdims=True)) \
-        - logits.max(1, keepdims=True)
+    top = logits.max(1, keepdims=True)
+    log_probs = logits - top - np.log(np.exp(logits - top).sum(1, keepdims=True))
     nll = -log_probs[np.arange(len(labels)), labels]
     return (1 - smoothing) * nll - smoothing * log_probs.mean(1)
 

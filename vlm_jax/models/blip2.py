@@ -83,7 +83,8 @@ class Blip2(nn.Module):
         self.qformer = QFormer(**self.qformer_sizes, dtype=self.dtype)
         self.vision_proj = two_tower.projection(self.embed_dim, self.dtype, use_bias=True)
         self.text_proj = two_tower.projection(self.embed_dim, self.dtype, use_bias=True)
-        self.itm_head = nn.Dense(2, dtype=self.dtype, kernel_init=layers.dense_init(("embed", None)),
+        self.itm_head = nn.Dense(2, dtype=self.dtype,
+                                 kernel_init=layers.dense_init(("embed", None)),
                                  bias_init=layers.zeros_init((None,)))
         self.lm_head = LMHead(self.qformer.vocab_size, self.qformer.activation,
                               self.qformer.ln_eps, self.dtype)
