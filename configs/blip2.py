@@ -49,7 +49,9 @@ def get_config(arg=None):
     c.optim.lr, c.optim.weight_decay = 1e-4, 0.05  # BLIP-2 stage 1 (cosine to 1e-5)
     if arg.init_from:
         c.init_from, c.init_from_regex = arg.init_from, "image_tower/.*"
-    c.evals.names = ("zeroshot", "retrieval", "compositional")
+    # The ITC scorer's evals, then the ITM matcher's: retrieval reranked, probes scored by ITM.
+    c.evals.names = ("zeroshot", "retrieval", "compositional", "itm_retrieval",
+                     "itm_compositional")
     if arg.tiny:
         c.model.embed_dim = 128
         c.model.image = common.tiny_tower(patch_size=8, pool="map")  # SigLIP tiny's ViT

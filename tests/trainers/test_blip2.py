@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from configs import blip2 as blip2_config
-from vlm_jax import models, optim
+from vlm_jax import models, optim, parallel
 from vlm_jax.configlib import ConfigError
 from vlm_jax.losses import blip2 as blip2_losses
 from vlm_jax.losses import generative
@@ -88,3 +88,25 @@ def test_config_errors():
     config = blip2_config.get_config("tiny")
     assert config.model.cls_id == config.data.vocab_size  # [CLS], [DEC] after the base vocabulary
     assert config.data.special_tokens == ("[CLS]", "[DEC]")
+
+
+class TaskTokenizer:
+    """Just what the matcher needs: the task tokens' ids and an encode."""
+
+    def token_id(self, name):
+        return {"[CLS]": VOCAB - 2, "[DEC]": VOCAB - 1}[name]
+
+    def encode(self, texts, length):
+        return np.full((len(texts), length), 5, np.int32)
+
+
+def test_matcher_gives_the_itm_log_odds_of_aligned_rows(setup):
+    config, model, params, batch = setup
+    mesh = parallel.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
+    matcher = trainer.make_matcher(model, params, TaskTokenizer(), mesh, config)
+    got = matcher.match(batch["image"], batch["text_tokens"])
+    apply = lambda method, *args: model.apply({"params": params}, *args, method=method)
+    logits = np.asarray(apply(model.match, apply(model.image_features, batch["image"]),
+                              batch["text_tokens"]))
+    np.testing.assert_allclose(got, logits[:, 1] - logits[:, 0], rtol=1e-5, atol=1e-6)
+    assert np.ptp(got) > 0  # rows differ

@@ -11,7 +11,8 @@ loss = loss.itc_weight x ITC + loss.itm_weight x ITM + loss.itg_weight x ITG (BL
 The image encoder is frozen by `optim.param_rules` (("image_tower/.*", "freeze")), its weights
 from a trained contrastive run through `init_from` (configs/blip2.py).
 The scorer serves the ITC embeddings: images as their Q query embeddings, texts as the [CLS]
-embedding, a pair's score the max over queries of the cosine.
+embedding, a pair's score the max over queries of the cosine; the matcher serves the ITM head
+(its matched-vs-not log-odds), which the itm_* evals rerank and score probes with.
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ import ml_collections
 import numpy as np
 
 from vlm_jax import serving
+from vlm_jax.evals.matching import Matcher
 from vlm_jax.evals.scoring import Scorer
 from vlm_jax.losses import blip2 as blip2_losses
 from vlm_jax.losses import generative, terms
 from vlm_jax.models import blip2
 from vlm_jax.trainers import image_text_init_batch
 
-CAPABILITIES = frozenset({"scorer"})
+CAPABILITIES = frozenset({"scorer", "matcher"})
 TERMS = ("itc", "itm", "itg")
 
 
@@ -100,3 +102,17 @@ def make_scorer(model: blip2.Blip2, params, tokenizer, mesh,
     return serving.make_scorer(
         model, params, tokenizer, mesh, config.data.text_length,
         similarity=lambda query_emb, text_emb: np.asarray(similarity(query_emb, text_emb)))
+
+
+def make_matcher(model: blip2.Blip2, params, tokenizer, mesh,
+                 config: ml_collections.ConfigDict) -> Matcher:
+    """ITM of aligned rows: image i with text i -> the log-odds logit[1] - logit[0] of
+    "matched" (a monotone map of the head's matched probability)."""
+    check_task_tokens(model, tokenizer)
+
+    def match_logits(p, images, tokens):  # uint8 [N, S, S, 3], int32 [N, L] -> [N]
+        features = model.apply({"params": p}, images, method=model.image_features)
+        logits = model.apply({"params": p}, features, tokens, method=model.match)
+        return logits[:, 1] - logits[:, 0]
+
+    return serving.make_matcher(match_logits, params, tokenizer, mesh, config.data.text_length)
