@@ -40,6 +40,9 @@ FAMILIES = {
     "llip_tiny": ("Llip", "contrastive", "configs/llip.py:tiny"),
     "coca_tiny": ("CoCa", "generative", "configs/coca.py:tiny"),
     "maskvlm_tiny": ("MaskVLM", "masking", "configs/maskvlm.py:tiny"),
+    # Its ViT is frozen at random init here (no init_from): the row shows the Q-Former's
+    # mechanics at equal steps, not BLIP-2 on a trained encoder.
+    "blip2_tiny": ("BLIP-2 stage 1", "pretrained backbone", "configs/blip2.py:tiny"),
 }
 JUDGE = "siglip_tiny"  # scores other runs' captions (CLIPScore)
 EMBEDDING_EVALS = ("zeroshot", "retrieval", "compositional")

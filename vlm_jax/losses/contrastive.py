@@ -29,12 +29,20 @@ def sigmoid_contrastive_loss(
 # a dot product of two embeddings (Llip); the functions above are these on t x.y (+ b).
 
 
-def softmax_loss_on_logits(logits: jax.Array):
-    """0.5 * [CE over each row (image -> texts) + CE over each column (text -> images)]."""
+def softmax_loss_on_logits(logits: jax.Array, label_smoothing: float = 0.0):
+    """0.5 * [CE over each row (image -> texts) + CE over each column (text -> images)].
+
+    `label_smoothing` e: each CE's target is (1 - e) on the pair + e / B spread over all B
+    (torch's `cross_entropy(label_smoothing=e)`; BLIP-2's ITC uses 0.1).
+    """
     labels = jnp.arange(logits.shape[0])
     i2t = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
     t2i = optax.softmax_cross_entropy_with_integer_labels(logits.T, labels).mean()
     loss = 0.5 * (i2t + t2i)
+    if label_smoothing:
+        # CE to the uniform target minus CE to the pair, mixed in by e: per row or column it is
+        # e * (pair logit - mean logit), and the row and column means sum alike.
+        loss = loss + label_smoothing * (jnp.mean(jnp.diagonal(logits)) - jnp.mean(logits))
     return loss, {"loss": loss, "i2t_accuracy": _diagonal_accuracy(logits)}
 
 

@@ -83,9 +83,11 @@ def sharded_pair_loss(
     *,
     batch_axes: Sequence[str] = BATCH_AXES,
     bidirectional: bool = False,
+    label_smoothing: float = 0.0,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The `name` ("softmax" | "sigmoid") loss of the logits `score(image_rows, text_emb,
     score_params)` [B, B], equal to `contrastive.LOSSES_ON_LOGITS[name]`, computed by `variant`.
+    `label_smoothing` (softmax only) as in `contrastive.softmax_loss_on_logits`.
 
     `score` must score every (image row, text) pair independently (so a block of rows against a
     chunk of texts is that block of the logits): `image_rows` [B, ...] are per-image inputs
@@ -96,13 +98,18 @@ def sharded_pair_loss(
     if name not in contrastive.LOSSES_ON_LOGITS:
         raise ValueError(f"contrastive loss {name!r} must be one of "
                          f"{', '.join(contrastive.LOSSES_ON_LOGITS)}")
+    if label_smoothing and name != "softmax":
+        raise ValueError(f"label_smoothing is defined for the softmax loss only, not {name!r}")
+    smoothing = dict(label_smoothing=label_smoothing) if name == "softmax" else {}
     if variant == "gspmd":
-        return contrastive.LOSSES_ON_LOGITS[name](score(image_rows, text_emb, score_params))
+        return contrastive.LOSSES_ON_LOGITS[name](score(image_rows, text_emb, score_params),
+                                                  **smoothing)
     axes = tuple(batch_axes)
     n = _num_shards(mesh, axes)
     body = {("softmax", "gather"): _softmax_gather, ("sigmoid", "gather"): _sigmoid_gather,
             ("softmax", "ring"): _softmax_ring, ("sigmoid", "ring"): _sigmoid_ring}[name, variant]
     options = dict(bidirectional=bidirectional) if variant == "ring" else {}
+    options.update(smoothing)
     per_device = functools.partial(body, score=score, axes=axes, n=n, **options)
     return _on_mesh(per_device, mesh, axes)(image_rows, text_emb, score_params)
 
@@ -139,7 +146,7 @@ def _on_mesh(per_device, mesh: Mesh, axes: tuple[str, ...]):
 # parameters, n devices in the ring.
 
 
-def _softmax_gather(x, y, p, *, score, axes, n):
+def _softmax_gather(x, y, p, *, score, axes, n, label_smoothing):
     b = x.shape[0]
     position = lax.axis_index(axes)
     texts = lax.all_gather(y, axes, tiled=True)  # [B, D]
@@ -154,7 +161,9 @@ def _softmax_gather(x, y, p, *, score, axes, n):
     column_sum = lax.psum_scatter(jnp.exp(column_partial - column_max), axes,
                                   scatter_dimension=0, tiled=True)  # [b]
     column_lse = lax.dynamic_slice_in_dim(column_max, position * b, b) + jnp.log(column_sum)
-    loss_sum = jnp.sum(row_lse - positive) + jnp.sum(column_lse - positive)
+    loss_sum = (jnp.sum(row_lse) + jnp.sum(column_lse)
+                - 2 * (1 - label_smoothing) * jnp.sum(positive)
+                - 2 * label_smoothing / (n * b) * jnp.sum(logits))  # smoothing: this block's share
     others = jnp.where(jnp.arange(n * b)[None, :] == own[:, None], -jnp.inf, logits)
     return _finish(0.5 * loss_sum, _count_correct(positive, others.max(axis=1)), axes, n * b)
 
@@ -172,31 +181,36 @@ def _sigmoid_gather(x, y, p, *, score, axes, n):
     return _finish(loss_sum, _count_correct(positive, others.max(axis=1)), axes, n * b)
 
 
-def _softmax_ring(x, y, p, *, score, axes, n, bidirectional):
+def _softmax_ring(x, y, p, *, score, axes, n, bidirectional, label_smoothing):
     ring = functools.partial(_ring, axes=axes, n=n, bidirectional=bidirectional)
+    uniform_weight = label_smoothing / (n * x.shape[0])  # e / B on every logit (smoothing)
 
     def forward(x, y, p):
         # Row log-sum-exps (this device's images) stay; column ones ride with their texts.
         def visit(stay, texts, column_lse, paired):
-            row_lse, pairs = stay
+            row_lse, pairs, logit_sum = stay
             logits = score(x, texts, p)  # [b, b]
             row_lse = jnp.logaddexp(row_lse, jax.nn.logsumexp(logits, axis=1))
             column_lse = jnp.logaddexp(column_lse, jax.nn.logsumexp(logits, axis=0))
-            return (row_lse, _track_pairs(pairs, logits, paired)), column_lse
+            logit_sum = logit_sum + jnp.sum(lax.stop_gradient(logits))
+            return (row_lse, _track_pairs(pairs, logits, paired), logit_sum), column_lse
 
         minus_inf = _fill(x, -jnp.inf)
-        (row_lse, (positive, best)), column_lse = ring(
-            visit, (minus_inf, _no_pairs(x)), y, minus_inf, merge=jnp.logaddexp)
-        loss_sum = 0.5 * (jnp.sum(row_lse - positive) + jnp.sum(column_lse - positive))
+        (row_lse, (positive, best), logit_sum), column_lse = ring(
+            visit, (minus_inf, _no_pairs(x), _fill(x, 0.0).sum()), y, minus_inf,
+            merge=jnp.logaddexp)
+        loss_sum = (0.5 * (jnp.sum(row_lse) + jnp.sum(column_lse))
+                    - (1 - label_smoothing) * jnp.sum(positive) - uniform_weight * logit_sum)
         return (loss_sum, _count_correct(positive, best)), (x, y, p, row_lse, column_lse)
 
     def block_loss(x, texts, p, column_lse, paired, row_lse):
-        # Holding the normalisers fixed, d/dlogits = 0.5 (softmax_rows + softmax_columns) - pairs,
-        # the block's share of the loss gradient.
+        # Holding the normalisers fixed, d/dlogits = 0.5 (softmax_rows + softmax_columns)
+        # - (1 - e) pairs - e / B, the block's share of the loss gradient.
         logits = score(x, texts, p)
         loss = 0.5 * (jnp.sum(jnp.exp(logits - row_lse[:, None]))
                       + jnp.sum(jnp.exp(logits - column_lse[None, :])))
-        return loss - jnp.where(paired, jnp.trace(logits), 0.0)
+        loss = loss - uniform_weight * jnp.sum(logits)
+        return loss - jnp.where(paired, (1 - label_smoothing) * jnp.trace(logits), 0.0)
 
     def backward(residuals, cotangents):
         x, y, p, row_lse, column_lse = residuals

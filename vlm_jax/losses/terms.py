@@ -32,6 +32,10 @@ def pair_loss_term(name: str, loss_config: ml_collections.ConfigDict, mesh=None)
         raise ValueError(f"contrastive loss {name!r} must be one of {', '.join(LOSSES)}")
     variant = loss_config.get("variant", "gspmd")
     bidirectional = bool(loss_config.get("bidirectional", False))
+    label_smoothing = float(loss_config.get("label_smoothing", 0.0))
+    if label_smoothing and name != "softmax":
+        raise ValueError(f"loss.label_smoothing={label_smoothing} needs the softmax loss, not "
+                         f"{name!r}; set it to 0")
     if variant not in sharded.VARIANTS:
         raise ValueError(f"loss.variant {variant!r} must be one of {', '.join(sharded.VARIANTS)}")
     if variant != "gspmd" and mesh is None:
@@ -40,7 +44,8 @@ def pair_loss_term(name: str, loss_config: ml_collections.ConfigDict, mesh=None)
 
     def term(image_rows, text_emb, score, score_params):
         return sharded.sharded_pair_loss(name, image_rows, text_emb, score, score_params, mesh,
-                                         variant, bidirectional=bidirectional)
+                                         variant, bidirectional=bidirectional,
+                                         label_smoothing=label_smoothing)
 
     return term
 

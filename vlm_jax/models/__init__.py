@@ -25,6 +25,7 @@ FAMILIES = {
     "flava": "flava",
     "maskvlm": "maskvlm",
     "lm": "lm",
+    "blip2": "blip2",
 }
 
 
