@@ -25,6 +25,10 @@ class ViT(nn.Module):
     `extras["extra_tokens"]` [B, K, D]; pooling and "tokens" see the patch tokens only.
     `pre_norm` adds a LayerNorm before the encoder (OpenAI CLIP's "pre_layrnorm"); `ln_eps` and
     `activation` (layers.ACTIVATIONS) let imported checkpoints compute as they were trained.
+    `feature_layer` k (None: off) adds `extras["feature_tokens"]` [B, N, D]: the patch tokens
+    of hidden state k (HF's `hidden_states[k]`, -2 = below the last block; no final norm; CLS
+    and extra tokens dropped), LLaVA's image features. Every parameter is still built, so a
+    trained tower loads whole.
     """
 
     width: int
@@ -37,6 +41,7 @@ class ViT(nn.Module):
     pre_norm: bool = False
     ln_eps: float = 1e-6
     activation: str = "gelu"
+    feature_layer: int | None = None
     execution: layers.Execution = layers.Execution()  # how, never what: see layers
     dtype: jnp.dtype = jnp.float32
 
@@ -77,8 +82,10 @@ class ViT(nn.Module):
             x = jnp.concatenate([extra, x], axis=1)
         if self.pre_norm:
             x = layers.LayerNorm(self.dtype, self.ln_eps, name="pre_norm")(x)
-        x = layers.Encoder(self.depth, self.num_heads, self.mlp_dim, self.dtype, self.ln_eps,
-                           self.activation, self.execution, name="encoder")(x)
+        encoded = layers.Encoder(self.depth, self.num_heads, self.mlp_dim, self.dtype,
+                                 self.ln_eps, self.activation, self.execution,
+                                 feature_layer=self.feature_layer, name="encoder")(x)
+        x, features = encoded if self.feature_layer is not None else (encoded, None)
         extra_out, x = x[:, :num_extra], x[:, num_extra:]
         if self.pool == "cls":
             pooled, x = x[:, 0], x[:, 1:]
@@ -89,6 +96,8 @@ class ViT(nn.Module):
                                         self.activation, name="map")
             pooled = pool(x)[:, 0]
         extras = {"tokens": x}
+        if features is not None:
+            extras["feature_tokens"] = features[:, num_extra + (self.pool == "cls"):]
         if num_extra:
             extras["extra_tokens"] = extra_out
         return pooled, extras
