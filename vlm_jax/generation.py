@@ -61,7 +61,10 @@ def prefix_log_likelihood(model: PrefixVLM, params, images: jax.Array, tokens: j
     """Sum of log p(tokens[:, t + 1]) over the positions with weights[:, t + 1] > 0 [N]: the
     log-likelihood of the weighted part of each sequence (BOS first, placeholders inside)."""
     logits = model.apply({"params": params}, images, tokens[:, :-1])
-    return generative.sequence_log_likelihood(logits, tokens[:, 1:], weights[:, 1:] > 0)
+    supervised = weights[:, 1:] > 0
+    # Unsupervised targets (placeholders, maybe outside the LM's vocabulary) read token 0.
+    targets = jax.numpy.where(supervised, tokens[:, 1:], 0)
+    return generative.sequence_log_likelihood(logits, targets, supervised)
 
 
 def prefix_generate(model: PrefixVLM, params, images: jax.Array,

@@ -84,6 +84,14 @@ def training_sequence(batch: dict, image_tokens: int, bos_id: int, image_id: int
     return jnp.concatenate([head, text], axis=1), weights
 
 
+def supervised_targets(tokens: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(targets [B, T-1], supervised bool [B, T-1]): position t predicts token t + 1. Targets
+    that are not supervised become 0: a placeholder may lie outside the LM's vocabulary, and
+    a log-prob read out of range is NaN even where its weight is 0."""
+    supervised = weights[:, 1:] > 0
+    return jnp.where(supervised, tokens[:, 1:], 0), supervised
+
+
 def _check_model(model: PrefixVLM, config: ml_collections.ConfigDict) -> int:
     image_tokens = num_image_tokens(config)
     if model.num_image_tokens(config.data.image_size) != image_tokens:
@@ -107,7 +115,8 @@ def make_loss_fn(model: PrefixVLM, config: ml_collections.ConfigDict, mesh=None)
         tokens, weights = training_sequence(batch, image_tokens, model.bos_id,
                                             model.image_token_id, model.pad_id)
         logits = model.apply({"params": params}, batch["image"], tokens[:, :-1])
-        loss, metrics = generative.caption_loss(logits, tokens[:, 1:], weights[:, 1:] > 0)
+        targets, supervised = supervised_targets(tokens, weights)
+        loss, metrics = generative.caption_loss(logits, targets, supervised)
         return loss, {**metrics, "loss": loss}
 
     return loss_fn
