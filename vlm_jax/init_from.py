@@ -3,8 +3,8 @@
 `init_from` is one source, or a map from parameter-path prefix to source. A source is
   - a directory written by the converter (`python -m vlm_jax.convert`): its `params/`,
   - a training workdir: the params of its latest checkpoint (never its optimizer state),
-  - a Hugging Face checkpoint directory (config.json + safetensors) or a packaged model name
-    ("minilm"), converted in memory.
+  - a Hugging Face checkpoint directory (config.json + safetensors), a llama.cpp .gguf file,
+    or a packaged model name ("minilm", "smollm2"), converted in memory.
 
 One source, `init_from="runs/siglip"`: `init_from_regex` selects, by full match on "/"-joined
 paths ("text_tower/block0/attn/query/kernel"), which of the model's parameters are loaded; each
@@ -40,6 +40,7 @@ import orbax.checkpoint as ocp
 
 from vlm_jax import checkpoint
 from vlm_jax.convert import hf, hf_files
+from vlm_jax.data import packaged
 
 
 class InitFromError(checkpoint.CheckpointMismatchError):
@@ -244,14 +245,15 @@ def _open(source: str):
         if not steps:
             raise InitFromError(f"init_from {source} is a workdir without a complete checkpoint")
         return _orbax_source(path / "checkpoints" / str(steps[-1]) / "state", prefix=("params",))
-    if source in hf_files.PACKAGED_MODELS or (path / "config.json").exists():
+    if (source in hf_files.PACKAGED_MODELS or (path / "config.json").exists()
+            or packaged.is_gguf(source)):
         return _converted_source(hf.convert_hf(source))
     if (path / "_METADATA").exists():
         return _orbax_source(path, prefix=())
     raise InitFromError(
         f"init_from {source} is neither a converter output (with params/), a training workdir "
-        f"(with checkpoints/), a Hugging Face checkpoint (config.json + safetensors) nor a "
-        f"packaged model ({', '.join(hf_files.PACKAGED_MODELS)})")
+        f"(with checkpoints/), a Hugging Face checkpoint (config.json + safetensors), a GGUF "
+        f"file nor a packaged model ({', '.join(hf_files.PACKAGED_MODELS)})")
 
 
 def _converted_source(converted: hf.Converted):

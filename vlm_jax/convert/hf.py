@@ -1,6 +1,7 @@
 """Convert a Hugging Face checkpoint (config.json + safetensors) into our params, and save it.
 
     converted = convert_hf("path/to/clip")      # or a packaged model name: convert_hf("minilm")
+    converted = convert_hf("smollm2")           # a GGUF file (path or packaged): convert/gguf_llama
     save_converted(converted, "ckpt/clip")      # ckpt/clip/params (orbax) + model_config.json
 
 `config.init_from` accepts the saved directory (or the Hugging Face directory itself).
@@ -17,8 +18,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from vlm_jax.convert import hf_bert, hf_clip, hf_files, hf_llama, hf_siglip
+from vlm_jax.convert import gguf_llama, hf_bert, hf_clip, hf_files, hf_llama, hf_siglip
 from vlm_jax.convert.torch_layout import Weights
+from vlm_jax.data import packaged
 
 # config.json "model_type" -> converter(config, weights) -> (model config, params)
 CONVERTERS = {
@@ -33,7 +35,7 @@ CONVERTERS = {
 ONE_TOWER = {"clip": ("clip_vision_model", "clip_text_model"),
              "siglip": ("siglip_vision_model", "siglip_text_model")}
 # Where a converted tree keeps its token embedding ([vocab, D]), whose rows set the vocab size.
-TOKEN_EMBEDDINGS = ("text_tower/token_embedding/embedding", "lm/embed/embedding")
+TOKEN_EMBEDDINGS = ("text_tower/token_embedding/embedding", "lm/token_embedding/embedding")
 PARAMS_DIR, MODEL_CONFIG_FILE = "params", "model_config.json"
 
 
@@ -57,7 +59,12 @@ class Converted:
 
 
 def convert_hf(source: str) -> Converted:
-    """Read and convert the checkpoint at `source` (a directory or a packaged model name)."""
+    """Read and convert the checkpoint at `source`: a directory, a llama.cpp .gguf file, or a
+    packaged model name ("minilm", "smollm2")."""
+    if packaged.is_gguf(source):
+        path = packaged.gguf_path(source)
+        model, params, _ = gguf_llama.convert_file(path)
+        return Converted("llama", model, params, model["lm"]["vocab_size"], [], str(path))
     directory = hf_files.resolve_source(source)
     config = hf_files.read_config(directory)
     model_type = config.get("model_type")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import tokenizers
 
-from vlm_jax.data.packaged import PACKAGED_MODELS, packaged_dir
+from vlm_jax.data.packaged import PACKAGED_MODELS, is_gguf, packaged_dir
 from vlm_jax.data.tokenizer_base import TokenizerBase
 
 _PAD_TOKENS = ("[PAD]", "<pad>")
@@ -77,7 +77,7 @@ def _first_id(tokenizer: tokenizers.Tokenizer, names: Sequence[str]) -> int | No
 
 def is_json_tokenizer(name: str) -> bool:
     """Whether `config.data.tokenizer` names a tokenizer.json (a path or a packaged model)."""
-    return str(name).endswith(".json") or name in PACKAGED_MODELS
+    return str(name).endswith(".json") or (name in PACKAGED_MODELS and not is_gguf(name))
 
 
 def load_json_tokenizer(name: str, specials: Sequence[str] = (),

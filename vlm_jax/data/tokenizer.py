@@ -101,9 +101,11 @@ def load_tokenizer(spec) -> TokenizerBase:
     string, the tokenizer at that path ("x.model", "x/tokenizer.json", "minilm") as it is.
 
     data.tokenizer: "world" (SentencePiece trained on the world, cached), a SentencePiece .model
-    path, a tokenizer.json path or a packaged model ("minilm").
+    path, a tokenizer.json path, a llama.cpp .gguf file, or a packaged model ("minilm",
+    "smollm2": the tokenizer inside its GGUF file).
     """
-    from vlm_jax.data import json_tokenizer  # the `tokenizers` library, only when asked for
+    # The `tokenizers` library is imported only when one of these is asked for.
+    from vlm_jax.data import gguf_tokenizer, json_tokenizer, packaged
 
     if isinstance(spec, str | os.PathLike):
         name, specials, pad_token = str(spec), (), ""
@@ -112,6 +114,8 @@ def load_tokenizer(spec) -> TokenizerBase:
         pad_token = spec.get("pad_token", "")
         if name == "world":
             return world_tokenizer(spec.vocab_size, specials=specials, pad_token=pad_token)
+    if packaged.is_gguf(name):
+        return gguf_tokenizer.load_gguf_tokenizer(name, specials, pad_token)
     if json_tokenizer.is_json_tokenizer(name):
         return json_tokenizer.load_json_tokenizer(name, specials, pad_token)
     return Tokenizer(name, specials, pad_token)

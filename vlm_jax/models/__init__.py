@@ -21,6 +21,7 @@ FAMILIES = {
     "two_tower": "two_tower",
     "llip": "llip",
     "coca": "coca",
+    "lm": "lm",
     "prefix_vlm": "prefix_vlm",
 }
 

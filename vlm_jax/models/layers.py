@@ -398,6 +398,7 @@ class Block(nn.Module):
     "output" (Chameleon / Swin-v2): x + norm(f(x)). `cross_attention`: the attention reads a
     context (its own norm "norm_context"; the query norm is "norm_query") instead of the block's
     input (norm "norm1"). Parameter names: norm1 | norm_query + norm_context, attn, norm2, mlp.
+    `attention_bias` False drops the attention projections' biases (LLaMA).
     """
 
     num_heads: int
@@ -416,6 +417,7 @@ class Block(nn.Module):
     head_dim: int = 0
     rope_theta: float = 0.0
     qk_norm: bool = False
+    attention_bias: bool = True  # biases on the q/k/v/out projections (LLaMA has none)
 
     def setup(self):
         if self.norm_position not in NORM_POSITIONS:
@@ -430,7 +432,8 @@ class Block(nn.Module):
             self.norm1 = norm()
         self.attn = Attention(
             self.num_heads, self.width, self.dtype, self.implementation, self.num_kv_heads,
-            self.head_dim, 0.0 if self.cross_attention else self.rope_theta, self.qk_norm)
+            self.head_dim, 0.0 if self.cross_attention else self.rope_theta, self.qk_norm,
+            use_bias=self.attention_bias)
         self.norm2 = norm()
         self.mlp = MLPS[self.mlp_type](self.mlp_dim, self.dtype, self.activation)
 
