@@ -41,7 +41,7 @@ def test_placeholders_take_the_image_embeddings_in_order(connector):
     assert image_embeddings.shape == (2, n, LM["width"])
     merged = np.asarray(model.apply({"params": params}, jnp.asarray(tokens),
                                     jnp.asarray(image_embeddings), method=model.merge))
-    table = np.asarray(nn.unbox(params)["lm"]["embedding"]["embedding"])
+    table = np.asarray(nn.unbox(params)["lm"]["token_embedding"]["embedding"])
     for row in range(2):
         k = 0
         for t, token in enumerate(tokens[row]):

@@ -144,9 +144,12 @@ class PromptLayout:
     def prompt_ids(self, prompt: str) -> list[int]:
         """The ids decoding forces after BOS: the prompt, then (chat) the assistant marker."""
         if self.chat:
-            ids, _ = self.tokenizer.apply_chat_template(
-                [("user", self.expand(prompt)), ("assistant", "")])
-            return ids[1:-1]  # without BOS (decoding feeds it) and the empty answer's EOS
+            # Everything before the answer's first supervised token (a one-word stand-in
+            # answer: the template's layout after it is no concern here).
+            ids, loss = self.tokenizer.apply_chat_template(
+                [("user", self.expand(prompt)), ("assistant", "yes")])
+            ids = ids[: loss.index(1)]
+            return ids[1:] if ids[:1] == [self.tokenizer.bos_id] else ids  # decoding feeds BOS
         return self.tokenizer.text_ids(self.expand(prompt))
 
     def scored_ids(self, prompt: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -210,7 +213,9 @@ def make_captioner(model: PrefixVLM, params, tokenizer, mesh,
         prompt = pack(rows, tokenizer.pad_id)
         tokens = decode(np.asarray(images), prompt)
         lengths = np.array([len(row) for row in rows])
-        return tokenizer.decode(serving.strip_prompts(tokens, lengths, tokenizer.pad_id))
+        # The decode length covers the longest (padded) prompt; each row keeps max_len new tokens.
+        new_tokens = serving.strip_prompts(tokens, lengths, tokenizer.pad_id)[:, :settings.max_len]
+        return tokenizer.decode(new_tokens)
 
     def prompted_log_likelihood(images: np.ndarray, prompts: Sequence[str],
                                 continuations: Sequence[str]) -> np.ndarray:
