@@ -153,8 +153,9 @@ def test_captioner_scores_what_the_loss_trains_and_decodes_greedily(stage):
     model, params = built(config)
     tokenizer = WordTokenizer(specials=("<image>",))
     mesh = parallel.make_mesh(dict(data=-1, fsdp=1, tensor=1))
+    config.decode.max_len = 5
     settings = decoding.DecodeSettings(max_len=5)
-    captioner = prefix_lm.make_captioner(model, params, tokenizer, mesh, config, settings)
+    captioner = prefix_lm.make_captioner(model, params, tokenizer, mesh, config)
     pixels = caption_batch()["image"]
     texts = ["a red circle.", "blue square."]
     scores = captioner.log_likelihood(pixels, texts)

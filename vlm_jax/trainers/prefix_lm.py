@@ -178,9 +178,10 @@ def pack(rows: Sequence[list[int]], pad_id: int, minimum: int = 1) -> np.ndarray
 
 
 def make_captioner(model: PrefixVLM, params, tokenizer, mesh,
-                   config: ml_collections.ConfigDict, settings=None, seed: int = 0) -> CaptionModel:
-    """Captions, prompted answers and likelihoods of the trained model; `settings` (default
-    `config.decode`; max_len = new tokens after the prompt) say how to decode."""
+                   config: ml_collections.ConfigDict) -> CaptionModel:
+    """Captions, prompted answers and likelihoods of the trained model, decoded as
+    `config.decode` says (max_len: new tokens after the prompt; sampling seeded by
+    config.seed)."""
     if (tokenizer.bos_id, tokenizer.pad_id) != (model.bos_id, model.pad_id) or tokenizer.bos_id < 0:
         raise ValueError(
             f"tokenizer {tokenizer.path} has bos_id={tokenizer.bos_id}, pad_id={tokenizer.pad_id} "
@@ -189,8 +190,8 @@ def make_captioner(model: PrefixVLM, params, tokenizer, mesh,
     image_tokens = _check_model(model, config)
     layout = PromptLayout(tokenizer, image_tokens, data_format(config) == "prefix_lm",
                           config.data.caption_prompt)
-    settings = settings or serving.decode_settings(config)
-    rng = jax.random.PRNGKey(seed)
+    settings = serving.decode_settings(config)
+    rng = jax.random.PRNGKey(config.seed)
     score = serving.host_function(
         lambda p, images, tokens, weights: generation.prefix_log_likelihood(
             model, p, images, tokens, weights), mesh)
