@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.trainers.test_prefix_lm import tiny_config
 from configs import frozen
+from tests.trainers.test_prefix_lm import tiny_config
 from vlm_jax import generate, loop
 from vlm_jax.data import world
 
