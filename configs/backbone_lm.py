@@ -16,8 +16,9 @@ from vlm_jax.configlib import ConfigError
 IMAGE_MARKER = "<image>"  # the placeholder token, added after the LM's vocabulary
 WORLD_BASE_VOCAB = 256  # data.vocab_size of the world tokenizer (the world LM's vocabulary)
 
-# The world LM of configs/lm.py:tiny (LLaMA-style: RMSNorm, RoPE, SwiGLU, GQA), which the
-# `lm` workdirs hold. Kept in step with that config by tests/trainers/test_prefix_lm.py.
+# The world LM (LLaMA-style: RMSNorm, RoPE, SwiGLU, GQA) that `lm=` workdirs hold: these
+# sizes must be those of configs/lm.py:tiny, or init_from refuses the workdir (shapes differ)
+# with a message naming the parameter.
 TINY_LM = dict(width=128, depth=4, num_heads=4, num_kv_heads=2, head_dim=32, mlp_dim=384,
                rope_theta=10_000.0, norm_eps=1e-5, tie_embeddings=True, qk_norm=False,
                norm_position="pre")
