@@ -11,28 +11,24 @@ from __future__ import annotations
 
 import ml_collections
 
+from configs import lm as lm_configs
 from vlm_jax.configlib import ConfigError
 
 IMAGE_MARKER = "<image>"  # the placeholder token, added after the LM's vocabulary
 WORLD_BASE_VOCAB = 256  # data.vocab_size of the world tokenizer (the world LM's vocabulary)
 
-# The world LM (LLaMA-style: RMSNorm, RoPE, SwiGLU, GQA) that `lm=` workdirs hold: these
-# sizes must be those of configs/lm.py:tiny, or init_from refuses the workdir (shapes differ)
-# with a message naming the parameter.
-TINY_LM = dict(width=128, depth=4, num_heads=4, num_kv_heads=2, head_dim=32, mlp_dim=384,
-               rope_theta=10_000.0, norm_eps=1e-5, tie_embeddings=True, qk_norm=False,
-               norm_position="pre")
-SMOLLM2 = dict(width=576, depth=30, num_heads=9, num_kv_heads=3, head_dim=64, mlp_dim=1536,
-               rope_theta=100_000.0, norm_eps=1e-5, tie_embeddings=True, qk_norm=False,
-               norm_position="pre")
 SMOLLM2_VOCAB = 49_152
+_NOT_LM_FIELDS = ("name", "execution")
 
 
 def lm_section(smollm2: bool) -> ml_collections.ConfigDict:
-    """`config.model.lm`: the LM's fields; vocab_size is the LM's own (the placeholder lies
-    after it)."""
-    sizes, vocab = (SMOLLM2, SMOLLM2_VOCAB) if smollm2 else (TINY_LM, WORLD_BASE_VOCAB)
-    return ml_collections.ConfigDict(dict(vocab_size=vocab, **sizes))
+    """`config.model.lm`: the LM's fields, those of configs/lm.py (:tiny, the world LM, or
+    :smollm2), so `lm=` workdirs and SmolLM2's weights fit; vocab_size is the LM's own (the
+    placeholder lies after it)."""
+    model = lm_configs.get_config("smollm2" if smollm2 else "tiny").model
+    fields = {key: value for key, value in model.items() if key not in _NOT_LM_FIELDS}
+    fields["vocab_size"] = fields.get("vocab_size") or WORLD_BASE_VOCAB
+    return ml_collections.ConfigDict(fields)
 
 
 def set_tokenizer(c: ml_collections.ConfigDict, smollm2: bool) -> None:

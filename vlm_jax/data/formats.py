@@ -22,6 +22,8 @@ T = data.image_tokens, S = data.image_size):
                closing; BOS joins the first span, EOS the last; 0 on padding)
   image_only   image
   text_only    text_tokens (the caption)
+  qa_text      prefix_lm's sequence arrays without the image: the chat template of the
+               example's (question, answer) as text alone (a language model's QA text)
 
 A mixture (data.mixture = (("caption", 0.7), ("prefix_lm", 0.3))) gives every example the union
 of its formats' keys, the absent ones at their fill value (zeros; text_tokens at pad_id;
@@ -37,7 +39,8 @@ from collections.abc import Sequence
 import ml_collections
 import numpy as np
 
-FORMATS = ("caption", "prefix_lm", "interleaved", "image_only", "text_only")
+FORMATS = ("caption", "prefix_lm", "interleaved", "image_only", "text_only", "qa_text")
+QA_FORMATS = ("prefix_lm", "qa_text")  # the formats built from the example's (question, answer)
 SEQUENCE_KEYS = ("text_tokens", "mask_ar", "mask_loss", "text_mask")
 FORMAT_KEYS = {
     "caption": ("image", "text_tokens"),
@@ -45,6 +48,7 @@ FORMAT_KEYS = {
     "interleaved": ("images", "image_valid", "image_positions", *SEQUENCE_KEYS, "segment_ids"),
     "image_only": ("image",),
     "text_only": ("text_tokens",),
+    "qa_text": SEQUENCE_KEYS,
 }
 _FORMAT_STREAM = 21  # the rng stream of the per-example format draw
 
@@ -232,14 +236,14 @@ class BuildBatch:
         for k, name in enumerate(format_names):
             if "image" in FORMAT_KEYS[name]:
                 out["image"][k] = raw["image"][k]
-            if name == "prefix_lm":
+            if name in QA_FORMATS:
                 questions, answers = raw["question"][k], raw["answer"][k]
                 if np.ndim(questions):  # data.chat_turns > 1: [K], "" past the conversation
                     kept = [i for i, q in enumerate(questions) if str(q)]
                     questions = [str(questions[i]) for i in kept]
                     answers = [str(answers[i]) for i in kept]
-                row = prefix_lm_example(tokenizer, questions, answers, length,
-                                        config.get("prompt_image_tokens", 0))
+                image_tokens = config.get("prompt_image_tokens", 0) if name == "prefix_lm" else 0
+                row = prefix_lm_example(tokenizer, questions, answers, length, image_tokens)
             elif name == "interleaved":
                 count = int(raw["doc_count"][k])
                 row = interleaved_example(tokenizer, [str(t) for t in raw["doc_texts"][k]],

@@ -120,7 +120,8 @@ class LoadChunk:
         mixture = formats.mixture_of(data_config)
         self.draw = formats.FormatDraw(mixture, seed)
         names = {name for name, _ in mixture}
-        self.needs_qa, self.needs_docs = "prefix_lm" in names, "interleaved" in names
+        self.needs_qa = bool(names & set(formats.QA_FORMATS))
+        self.needs_docs = "interleaved" in names
 
     def load(self, position: int, index: int) -> tuple[int, dict[str, Any], int]:
         """(index used, example, failed decodes): the record at `index`, or the first decodable
@@ -161,7 +162,7 @@ class LoadChunk:
             flip = self.flip_coin(position)
             image, caption = self.fit(example["image"], position), example["caption"]
             raw["image"][k], raw["caption"][k] = _flipped(image, caption, flip)
-            if fmt == "prefix_lm":
+            if fmt in formats.QA_FORMATS:
                 swap = swap_left_right if flip else (lambda text: text)
                 if turns == 1:
                     question, answer = self.question_answer(index, caption)

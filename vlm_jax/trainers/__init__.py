@@ -25,7 +25,7 @@ import numpy as np
 
 from vlm_jax import configlib, evals
 
-TRAINERS = ("contrastive", "llip", "coca", "prefix_lm")
+TRAINERS = ("contrastive", "llip", "coca", "lm", "prefix_lm")
 # capability -> the factory a trainer with it defines
 FACTORIES = {"scorer": "make_scorer", "captioner": "make_captioner"}
 _MODULE_PREFIX = "module:"
