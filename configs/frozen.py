@@ -19,7 +19,7 @@ from vlm_jax.configlib import parse_arg
 
 def get_config(arg=None):
     arg = parse_arg(arg, tiny=False, smollm2=False, lm="", image="", prefix_tokens=2,
-                    variant="B/16", batch=256, steps=0, image_size=0, text_length=0)
+                    variant="B/16", batch=0, steps=0, image_size=0, text_length=0)
     backbone_lm.check_lm_arg(arg)
     c = common.base_config()
     c.trainer = "prefix_lm"
@@ -37,9 +37,10 @@ def get_config(arg=None):
     if arg.tiny:
         c.model.image = common.tiny_tower(patch_size=8, pool="map")  # SigLIP tiny's tower
         common.apply_run_args(c, arg, steps=500, image_size=32, text_length=24)
-        c.batch_size = arg.batch if arg.batch != 256 else 64
+        c.batch_size = arg.batch or 64  # batch 0: the variant's own (tiny 64, else 256)
         c.log_every, c.checkpoint_every = 25, 250
         c.optim.warmup_steps = 50
     else:
         common.full_run(c, arg)
+        c.batch_size = arg.batch or 256
     return c

@@ -25,7 +25,7 @@ PROJECTORS = ("linear", "mlp")
 
 def get_config(arg=None):
     arg = parse_arg(arg, tiny=False, stage=1, smollm2=False, lm="", image="", stage1="",
-                    projector="mlp", turns=2, variant="L/14", batch=256, steps=0,
+                    projector="mlp", turns=2, variant="L/14", batch=0, steps=0,
                     image_size=0, text_length=0)
     backbone_lm.check_lm_arg(arg)
     if arg.stage not in (1, 2):
@@ -61,11 +61,12 @@ def get_config(arg=None):
         # Stage 2's chat sequence holds the 16 placeholders, the template and two turns.
         text_length = 24 if arg.stage == 1 else 64
         common.apply_run_args(c, arg, steps=400, image_size=32, text_length=text_length)
-        c.batch_size = arg.batch if arg.batch != 256 else 64
+        c.batch_size = arg.batch or 64  # batch 0: the variant's own (tiny 64, else 256)
         if arg.stage == 2:
             c.optim.lr = 3e-4
     else:
         common.full_run(c, arg)
+        c.batch_size = arg.batch or 256
         c.optim.lr = 1e-3 if arg.stage == 1 else 2e-5  # LLaVA-1.5's pretrain / finetune rates
     patch = 8 if arg.tiny else int(arg.variant.split("/")[1])
     if arg.stage == 2:
