@@ -10,6 +10,10 @@ from tests.trainers.test_prefix_lm import tiny_config
 from vlm_jax import generate, loop
 from vlm_jax.data import world
 
+# Trains a run, restores it and compiles several decoders: ~10 min on the loaded 2-core
+# machine, so outside the default suite.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
