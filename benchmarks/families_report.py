@@ -39,6 +39,14 @@ FAMILIES = {
     "siglip_tiny": ("SigLIP", "contrastive", "configs/siglip.py:tiny"),
     "llip_tiny": ("Llip", "contrastive", "configs/llip.py:tiny"),
     "coca_tiny": ("CoCa", "generative", "configs/coca.py:tiny"),
+    # On the world LM (configs/lm.py:tiny, trained into runs/lm_tiny as docs/backbones.md says)
+    # and, for LLaVA, SigLIP's tower of this report; stage 2 starts from stage 1's row.
+    "frozen_tiny": ("Frozen", "pretrained backbone", "configs/frozen.py:tiny,lm=runs/lm_tiny"),
+    "llava1_tiny": ("LLaVA stage 1", "pretrained backbone",
+                    "configs/llava.py:tiny,stage=1,image=runs/families/siglip_tiny,"
+                    "lm=runs/lm_tiny"),
+    "llava_tiny": ("LLaVA", "pretrained backbone",
+                   "configs/llava.py:tiny,stage=2,stage1=runs/families/llava1_tiny"),
     "maskvlm_tiny": ("MaskVLM", "masking", "configs/maskvlm.py:tiny"),
     # Its ViT is frozen at random init here (no init_from): the row shows the Q-Former's
     # mechanics at equal steps, not BLIP-2 on a trained encoder.
@@ -101,9 +109,12 @@ def markdown(results: dict, configs: dict, facts: dict, setup: dict) -> str:
     rows.append(["chance", "", "", ""] + [
         cell(pooled, chance[key]) if key in chance else "0.500" if key.endswith("/acc2") else "—"
         for _, key in COLUMNS])
+    # Blind baselines: the probes' image-free scores; VQA's answer prior (the most frequent
+    # train answer per question kind).
+    blind = {key: key.replace("/acc2", "/blind_acc2") for _, key in COLUMNS
+             if key.endswith("/acc2")} | {"vqa/val/overall": "vqa/val/prior_overall"}
     rows.append(["blind (no image)", "", "", ""] + [
-        cell(pooled, key.replace("/acc2", "/blind_acc2")) if key.endswith("/acc2") else "—"
-        for _, key in COLUMNS])
+        cell(pooled, blind[key]) if key in blind else "—" for _, key in COLUMNS])
     runs = table(["run", "config", "steps × batch"], [
         [name, f"`{FAMILIES[name][2]}`", f"{config.total_steps} × {config.batch_size}"]
         for name, config in configs.items()])

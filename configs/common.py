@@ -46,6 +46,9 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
         # draws each example's format by weight instead (batches then carry format_id).
         format="caption", mixture=(),
         caption_prompt="describe the picture.",  # prefix_lm prompt of sources without questions
+        # prefix_lm: question-answer turns per example (a source's conversation, the world's),
+        # and "<image>" placeholders opening the first user turn (LLaVA's image position).
+        chat_turns=1, prompt_image_tokens=0,
         max_images=2, image_tokens=1,  # interleaved: images per document, placeholders per image
         array_record_pattern="", tfds_name="", tfds_data_dir="", tfds_split="train",
         image_key="image", caption_key="caption",

@@ -106,6 +106,27 @@ def test_prefix_lm_batches_from_the_world():
             np.testing.assert_array_equal(batch[key][k], value)
 
 
+def test_multi_turn_chat_batches_with_the_image_in_the_first_user_turn():
+    """data.chat_turns=2: two questions of successive kinds about one scene; the image's
+    placeholders open the first user turn only (LLaVA stage 2's sequences)."""
+    tokenizer = WordTokenizer(("<image>",))
+    config = data_config(format="prefix_lm", shuffle=False, text_length=48, chat_turns=2,
+                         prompt_image_tokens=3)
+    world, batch = world_batch(config, tokenizer)
+    image_id = tokenizer.token_id("<image>")
+    for k in range(4):
+        conversation = world.conversation(k, 2)
+        assert conversation[0] == world.question_answer(k)
+        assert len({question for question, _ in conversation}) == 2
+        row = formats.prefix_lm_example(tokenizer, [q for q, _ in conversation],
+                                        [a for _, a in conversation], 48, image_tokens=3)
+        for key, value in row.items():
+            np.testing.assert_array_equal(batch[key][k], value)
+        tokens = list(batch["text_tokens"][k])
+        assert tokens[2:5] == [image_id] * 3 and tokens.count(image_id) == 3  # after "user:"
+        assert tokens.count(tokenizer.eos_id) == 2  # each answer ends with EOS
+
+
 def test_interleaved_batches_from_the_world():
     tokenizer = WordTokenizer(IMAGE_SPECIALS)
     config = data_config(format="interleaved", shuffle=False, text_length=64, max_images=3,

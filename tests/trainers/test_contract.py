@@ -20,7 +20,8 @@ def test_builtin_trainers_declare_their_capabilities():
     assert declared == {"contrastive": {"scorer"}, "llip": {"scorer"},
                         "coca": {"scorer", "captioner"}, "vq": set(),
                         "flava": {"scorer", "matcher"}, "maskvlm": {"scorer", "matcher"},
-                        "lm": set(), "blip2": {"scorer", "matcher"}}
+                        "lm": set(), "blip2": {"scorer", "matcher"},
+                        "prefix_lm": {"captioner"}}
 
 
 def test_init_batch_is_the_models_sample_inputs():

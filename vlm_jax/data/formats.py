@@ -5,7 +5,10 @@ T = data.image_tokens, S = data.image_size):
 
   caption      image uint8 [S, S, 3], text_tokens int32 [L] (caption, EOS, padding)
   prefix_lm    image, text_tokens [L] = the tokenizer's chat template of (user: question,
-               assistant: answer): BOS "user:" question "assistant:" answer EOS; mask_ar int32
+               assistant: answer): BOS "user:" question "assistant:" answer EOS (with
+               data.chat_turns K > 1, up to K such turns about the same image; with
+               data.prompt_image_tokens P > 0, P "<image>" placeholders open the first user
+               turn, where LLaVA puts the image: BOS "user:" <image>*P question ...); mask_ar int32
                [L] (0 on the prefix, 1 on answer + EOS and on padding: PaliGemma's rule, token
                i sees j iff cumsum(mask_ar)[j] <= cumsum(mask_ar)[i] with the image tokens
                prepended at 0), mask_loss int32 [L] (1 on the answer and its EOS only),
@@ -69,6 +72,10 @@ def mixture_of(data_config: ml_collections.ConfigDict) -> tuple[tuple[str, float
 def check_lengths(data_config: ml_collections.ConfigDict) -> None:
     """Interleaved documents need room for every image block plus BOS and EOS."""
     names = [name for name, _ in mixture_of(data_config)]
+    if data_config.get("chat_turns", 1) < 1 or data_config.get("prompt_image_tokens", 0) < 0:
+        raise ValueError(f"data.chat_turns={data_config.get('chat_turns')} must be >= 1 and "
+                         f"data.prompt_image_tokens={data_config.get('prompt_image_tokens')} "
+                         ">= 0.")
     if "interleaved" in names:
         if data_config.max_images < 1 or data_config.image_tokens < 1:
             raise ValueError("data.max_images and data.image_tokens must be >= 1 for "
@@ -113,9 +120,27 @@ def sequence_from(ids: list[int], ar: list[int], loss: list[int], length: int, e
             "text_mask": np.arange(length) < n}
 
 
-def prefix_lm_example(tokenizer, question: str, answer: str, length: int) -> dict[str, np.ndarray]:
-    """The prefix-LM arrays of one (question, answer): see the module docstring."""
-    ids, loss = tokenizer.apply_chat_template([("user", question), ("assistant", answer)])
+def chat_turns(questions: str | Sequence[str], answers: str | Sequence[str],
+               image_tokens: int = 0) -> list[tuple[str, str]]:
+    """The (role, text) turns of a conversation of questions and their answers (one string
+    each, or equal-length sequences); `image_tokens` placeholders open the first user turn."""
+    if isinstance(questions, str):
+        questions, answers = [questions], [answers]
+    if len(questions) != len(answers) or not questions:
+        raise ValueError(f"a conversation needs as many answers as questions (>= 1); got "
+                         f"{len(questions)} questions and {len(answers)} answers")
+    turns = []
+    for turn, (question, answer) in enumerate(zip(questions, answers, strict=True)):
+        opening = "<image>" * image_tokens if turn == 0 else ""
+        turns += [("user", opening + str(question)), ("assistant", str(answer))]
+    return turns
+
+
+def prefix_lm_example(tokenizer, question: str | Sequence[str], answer: str | Sequence[str],
+                      length: int, image_tokens: int = 0) -> dict[str, np.ndarray]:
+    """The prefix-LM arrays of one (question, answer), or of a conversation of several: see
+    the module docstring."""
+    ids, loss = tokenizer.apply_chat_template(chat_turns(question, answer, image_tokens))
     # The supervised answer is the causal part; BOS, prompt and role markers are the prefix.
     return sequence_from(ids, list(loss), list(loss), length, tokenizer.eos_id, tokenizer.pad_id)
 
@@ -212,8 +237,13 @@ class BuildBatch:
             if "image" in FORMAT_KEYS[name]:
                 out["image"][k] = raw["image"][k]
             if name in QA_FORMATS:
-                row = prefix_lm_example(tokenizer, str(raw["question"][k]),
-                                        str(raw["answer"][k]), length)
+                questions, answers = raw["question"][k], raw["answer"][k]
+                if np.ndim(questions):  # data.chat_turns > 1: [K], "" past the conversation
+                    kept = [i for i, q in enumerate(questions) if str(q)]
+                    questions = [str(questions[i]) for i in kept]
+                    answers = [str(answers[i]) for i in kept]
+                image_tokens = config.get("prompt_image_tokens", 0) if name == "prefix_lm" else 0
+                row = prefix_lm_example(tokenizer, questions, answers, length, image_tokens)
             elif name == "interleaved":
                 count = int(raw["doc_count"][k])
                 row = interleaved_example(tokenizer, [str(t) for t in raw["doc_texts"][k]],

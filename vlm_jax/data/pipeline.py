@@ -145,8 +145,10 @@ class LoadChunk:
         raw: dict[str, Any] = {
             "image": np.zeros((n, size, size, 3), np.uint8), "caption": [""] * n,
             "format_id": np.zeros(n, np.int32), "num_corrupt": np.zeros(n, np.int32)}
+        turns = config.get("chat_turns", 1)
         if self.needs_qa:
-            raw["question"], raw["answer"] = [""] * n, [""] * n
+            empty = lambda: [""] * n if turns == 1 else [[""] * turns for _ in range(n)]
+            raw["question"], raw["answer"] = empty(), empty()
         if self.needs_docs:
             raw["images"] = np.zeros((n, config.max_images, size, size, 3), np.uint8)
             raw["doc_texts"] = [[""] * config.max_images for _ in range(n)]
@@ -161,10 +163,15 @@ class LoadChunk:
             image, caption = self.fit(example["image"], position), example["caption"]
             raw["image"][k], raw["caption"][k] = _flipped(image, caption, flip)
             if fmt in formats.QA_FORMATS:
-                question, answer = self.question_answer(index, caption)
-                raw["question"][k], raw["answer"][k] = (
-                    swap_left_right(question) if flip else question,
-                    swap_left_right(answer) if flip else answer)
+                swap = swap_left_right if flip else (lambda text: text)
+                if turns == 1:
+                    question, answer = self.question_answer(index, caption)
+                    raw["question"][k], raw["answer"][k] = swap(question), swap(answer)
+                else:
+                    for turn, (question, answer) in enumerate(
+                            self.conversation(index, caption, turns)):
+                        raw["question"][k][turn], raw["answer"][k][turn] = (
+                            swap(question), swap(answer))
             elif fmt == "interleaved":
                 document = self.document(index, image, caption)
                 count = len(document["images"])
@@ -195,6 +202,13 @@ class LoadChunk:
         if hasattr(self.source, "question_answer"):
             return self.source.question_answer(index)
         return self.config.caption_prompt, caption
+
+    def conversation(self, index: int, caption: str, turns: int) -> list[tuple[str, str]]:
+        """Up to `turns` (question, answer) pairs about the example: the source's own
+        conversation (the world's), else its one question_answer."""
+        if hasattr(self.source, "conversation"):
+            return self.source.conversation(index, turns)
+        return [self.question_answer(index, caption)]
 
     def document(self, index: int, image: np.ndarray, caption: str) -> dict[str, Any]:
         """The source's own document at `index`, else a one-image document of the example."""

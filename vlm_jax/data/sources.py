@@ -50,6 +50,10 @@ class WorldSource:
         """The world's question about example `index` (prefix_lm batches)."""
         return self.world.question_answer(index)
 
+    def conversation(self, index: int, turns: int) -> list[tuple[str, str]]:
+        """The world's multi-turn questions about example `index` (data.chat_turns > 1)."""
+        return self.world.conversation(index, turns)
+
     def document(self, index: int, max_images: int) -> dict[str, Any]:
         """The world's interleaved document at `index` (interleaved batches)."""
         return self.world.document(index, max_images)

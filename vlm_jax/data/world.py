@@ -125,13 +125,24 @@ class World:
         """A (question, answer) about example `index`'s scene; kinds cycle like qa_items'.
 
         Random access, for instruction training (evals keep their own qa_items sets)."""
+        return self.conversation(index, 1)[0]
+
+    def conversation(self, index: int, turns: int) -> list[tuple[str, str]]:
+        """`turns` (question, answer) pairs about example `index`'s scene (multi-turn
+        instruction data): turn t asks kind (index + t) in QA_KINDS' cycle, a kind the scene
+        cannot answer passing to the next; turn 0 is `question_answer(index)`."""
         index = self._check_index(index)
         scene, rng = self.scene(index), self._rng(index, _TRAIN_QA_STREAM)
-        for shift in range(len(QA_KINDS)):  # a kind the scene cannot answer passes to the next
-            kind = QA_KINDS[(index + shift) % len(QA_KINDS)]
-            if (qa := question_answer(scene, self.grid, kind, rng, self._pairs)) is not None:
-                return qa
-        raise AssertionError("colour and count questions exist for every scene")
+        pairs = []
+        for turn in range(turns):
+            for shift in range(len(QA_KINDS)):  # a kind the scene cannot answer passes on
+                kind = QA_KINDS[(index + turn + shift) % len(QA_KINDS)]
+                if (qa := question_answer(scene, self.grid, kind, rng, self._pairs)) is not None:
+                    pairs.append(qa)
+                    break
+            else:
+                raise AssertionError("colour and count questions exist for every scene")
+        return pairs
 
     def document(self, index: int, max_images: int) -> dict:
         """An interleaved document: 1..max_images scenes, each followed by its caption, and,

@@ -72,6 +72,7 @@ SIZE_DEFAULTS = {
     "captioning_size": 200,  # val images captioned
     "caption_references": 5,  # true captions per world image for CIDEr / BLEU
     "vqa_size": 400,  # questions, the four kinds in turn
+    "vqa_prior_size": 2000,  # train questions counted for the blind answer prior (and shots)
     "pope_size": 200,  # val images polled
     "pope_questions": 3,  # present objects asked about per image (and as many absent ones)
     "pope_stats_size": 5000,  # train scenes counted for POPE's popular / adversarial objects
@@ -90,6 +91,7 @@ def default_eval_config() -> ml_collections.ConfigDict:
             # a two-tower run judging CLIPScore; "": the evaluated model's own towers. The
             # caller restores it (`vlm_jax.restore.clipscore_judge`) and passes it as `judge`.
             "clipscore_workdir": "",
+            "vqa_shots": 0,  # k > 0: also k-shot VQA, for models with a prompt format
             **SIZE_DEFAULTS,
             **{name: datasets.dataset_spec() for name in datasets.DATASET_EVALS},
         }
@@ -138,9 +140,7 @@ def capabilities_needed(names: Sequence[str] | str, eval_config) -> dict[str, fr
             needed[name] = frozenset({"matcher", "scorer"})
         elif name in MATCHER_EVALS:
             needed[name] = frozenset({"matcher"})
-        elif name == "captioning" and not eval_config.get("clipscore_workdir", ""):
-            needed[name] = frozenset({"captioner", "scorer"})  # its own towers judge CLIPScore
-        else:
+        else:  # captioning's CLIPScore: judged by the model's own towers when it has them
             needed[name] = frozenset({"captioner"})
     return needed
 

@@ -5,6 +5,12 @@ A CaptionModel is a generative image-to-text model seen from outside, at the lev
       each continuing its prompt, the prompt left out; the evals call it without);
   log_likelihood(images [N, S, S, 3], texts N) -> float [N]: log p(texts[i] | images[i]), one
       score per row (pairwise, not every image against every text).
+and, optionally (None when the model has no prompt format of its own),
+  prompted_log_likelihood(images uint8 [N, M, S, S, 3], prompts N, continuations N) -> float
+      [N]: log p(continuations[i] | prompts[i]), each prompt a text with M "<image>" markers
+      that images[i, 0..M-1] fill in order, laid out as the model was trained (a chat model
+      puts the prompt in the user turn and scores the continuation as the answer). VQA and POPE
+      use it when present, and the few-shot VQA needs it (interleaved example prompts).
 It is the one face of a generative model: a trainer with the "captioner" capability returns
 one from `make_captioner` (built with `vlm_jax.serving.make_captioner`), and any family that
 can caption or score a caption plugs in by building one.
@@ -29,6 +35,7 @@ class CaptionModel:
 
     generate: Callable[..., list[str]]
     log_likelihood: Callable[[np.ndarray, Sequence[str]], np.ndarray]
+    prompted_log_likelihood: Callable[..., np.ndarray] | None = None
 
 
 def _check_images(images: np.ndarray) -> np.ndarray:
@@ -111,3 +118,35 @@ def candidate_log_likelihoods(
     flat_texts = [text for texts in candidates for text in texts]
     flat_images = np.repeat(images, k, axis=0)
     return log_likelihoods(model, flat_images, flat_texts, batch_size).reshape(-1, k)
+
+
+def prompted_log_likelihoods(model: CaptionModel, images: np.ndarray, prompts: Sequence[str],
+                             continuations: Sequence[str], batch_size: int) -> np.ndarray:
+    """log p(continuations[i] | prompts[i] with images[i]) float64 [N], `batch_size` rows at a
+    time; images uint8 [N, M, S, S, 3] (M images per prompt, one "<image>" marker each)."""
+    if model.prompted_log_likelihood is None:
+        raise ValueError("this CaptionModel has no prompted_log_likelihood (its trainer gives "
+                         "no prompt format); use a VLM on a pretrained LM (Frozen, LLaVA)")
+    images = np.asarray(images)
+    if images.ndim != 5 or images.dtype != np.uint8:
+        raise ValueError(f"images must be uint8 [N, M, S, S, 3], got {images.dtype} "
+                         f"{images.shape}.")
+    prompts, continuations = list(prompts), list(continuations)
+    if not len(prompts) == len(continuations) == images.shape[0]:
+        raise ValueError(f"need one prompt and one continuation per row of images; got "
+                         f"{images.shape[0]} rows, {len(prompts)} prompts and "
+                         f"{len(continuations)} continuations.")
+    _check_batch_size(batch_size)
+    scores = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = slice(start, start + batch_size)
+        num_real = len(prompts[chunk])
+        fill = lambda texts, missing=batch_size - num_real: texts + [texts[-1]] * missing
+        chunk_scores = np.asarray(model.prompted_log_likelihood(
+            pad_rows(images[chunk], batch_size), fill(prompts[chunk]),
+            fill(continuations[chunk])), dtype=np.float64)
+        if chunk_scores.shape != (batch_size,):
+            raise ValueError(f"prompted_log_likelihood returned shape {chunk_scores.shape} "
+                             f"for {batch_size} rows; it must return one score per row.")
+        scores.append(chunk_scores[:num_real])
+    return np.concatenate(scores)

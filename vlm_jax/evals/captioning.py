@@ -9,7 +9,9 @@ CLIPScore (Hessel et al., 2021) = 2.5 * max(cos(image, caption), 0) under a cont
 the `judge` Scorer the caller passes: the evaluated model's own towers (CoCa's), or a fixed
 model (e.g. a SigLIP run, `eval_config.clipscore_workdir`, which the caller restores), so
 captioners are judged by one model. `clipscore_refs` is the same score of the dataset
-captions, the reference point (not a ceiling: a judge may prefer a model's captions).
+captions, the reference point (not a ceiling: a judge may prefer a model's captions). A model
+with no towers of its own (a VLM on a pretrained LM) and no `clipscore_workdir` judge gets
+CIDEr-D and BLEU-4 only.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ def check_judge(judge: Scorer | None) -> Scorer:
 def run(model: CaptionModel, judge: Scorer | None, eval_config) -> dict[str, float]:
     """captioning/<split>/{cider, bleu4, clipscore, clipscore_refs} on the first
     `eval_config.captioning_size` images of the `eval_config.captioning` dataset."""
-    judge = check_judge(judge)
+    if judge is not None:
+        judge = check_judge(judge)
     spec = datasets.spec_of(eval_config, "captioning")
     ((split, captioned),) = datasets.caption_sets(
         spec, (SPLIT,), eval_config.captioning_size, eval_config.seed, eval_config.image_size,
@@ -48,13 +51,18 @@ def run(model: CaptionModel, judge: Scorer | None, eval_config) -> dict[str, flo
     candidate_words = [caption_metrics.caption_words(caption) for caption in captions]
     reference_words = [[caption_metrics.caption_words(ref) for ref in refs] for refs in references]
 
+    prefix = f"captioning/{split}"
+    results = {
+        f"{prefix}/cider": caption_metrics.corpus_cider_d(candidate_words, reference_words),
+        f"{prefix}/bleu4": caption_metrics.corpus_bleu(candidate_words, reference_words),
+    }
+    if judge is None:
+        return results
     image_embeddings = embed_images(judge, images, eval_config.batch_size)
     caption_embeddings = embed_texts(judge, captions, eval_config.batch_size)
     dataset_embeddings = embed_texts(judge, captioned.captions, eval_config.batch_size)
-    prefix = f"captioning/{split}"
     return {
-        f"{prefix}/cider": caption_metrics.corpus_cider_d(candidate_words, reference_words),
-        f"{prefix}/bleu4": caption_metrics.corpus_bleu(candidate_words, reference_words),
+        **results,
         f"{prefix}/clipscore": float(np.mean(
             caption_metrics.clip_score(image_embeddings, caption_embeddings))),
         f"{prefix}/clipscore_refs": float(np.mean(

@@ -34,7 +34,7 @@ import numpy as np
 
 from vlm_jax.data import world
 from vlm_jax.data.world_scene import SEEN_PAIRS, Scene
-from vlm_jax.evals.caption_model import CaptionModel, log_likelihoods
+from vlm_jax.evals.caption_model import CaptionModel, log_likelihoods, prompted_log_likelihoods
 from vlm_jax.evals.scoring import Scorer
 
 SAMPLINGS = ("random", "popular", "adversarial")
@@ -110,7 +110,13 @@ def absent_pairs(
 def yes_no_margins(
     model: CaptionModel, images: np.ndarray, questions: list[str], batch_size: int
 ) -> np.ndarray:
-    """log p(question yes | image) - log p(question no | image), float64 [N]."""
+    """log p(question yes | image) - log p(question no | image), float64 [N]; in the model's
+    own prompt format when it has one (prompt "<image><question>", continuation yes / no)."""
+    if model.prompted_log_likelihood is not None:
+        prompts = [f"<image>{q}" for q in questions for _ in ("yes", "no")]
+        scores = prompted_log_likelihoods(model, np.repeat(images, 2, axis=0)[:, None],
+                                          prompts, ["yes", "no"] * len(questions), batch_size)
+        return scores[0::2] - scores[1::2]
     texts = [ANSWER_FORMAT.format(question=q, answer=a) for q in questions for a in ("yes", "no")]
     scores = log_likelihoods(model, np.repeat(images, 2, axis=0), texts, batch_size)
     return scores[0::2] - scores[1::2]

@@ -26,6 +26,7 @@ FAMILIES = {
     "maskvlm": "maskvlm",
     "lm": "lm",
     "blip2": "blip2",
+    "prefix_vlm": "prefix_vlm",
 }
 
 

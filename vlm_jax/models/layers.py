@@ -494,7 +494,12 @@ class Encoder(nn.Module):
     """A stack of `depth` blocks followed by a final norm (`block` holds extra Block fields:
     norm, mlp_type, num_kv_heads, rope_theta, qk_norm, ...). `final_norm=False` returns the
     last block's output un-normalised (FLAVA fuses those states and open_clip's single-pooler
-    CoCa norms after its pooler: their norms live outside)."""
+    CoCa norms after its pooler: their norms live outside).
+
+    With `feature_layer` k (HF's `hidden_states[k]`: 0 is the input, -1 the last block's
+    output, -2 the one before) it returns (output, that hidden state, not normed): LLaVA reads
+    image features below the last block.
+    """
 
     depth: int
     num_heads: int
@@ -505,12 +510,20 @@ class Encoder(nn.Module):
     execution: Execution = Execution()
     block: tuple[tuple[str, Any], ...] = ()
     final_norm: bool = True
+    feature_layer: int | None = None
 
     @nn.compact
     def __call__(self, x, mask=None, is_causal: bool = False):
         run = self.execution
         length = x.shape[1]
+        capture = None
+        if self.feature_layer is not None:
+            capture = self.feature_layer % (self.depth + 1)  # hidden_states index, 0..depth
+            if run.scan_layers:
+                raise ValueError("feature_layer reads one block's output, which a scanned "
+                                 "stack does not expose; set execution.scan_layers to False")
         x, mask, kv_lengths = pad_sequence(x, mask, run.pad_multiple)
+        hidden = x if capture == 0 else None
         block = run.remat_block(Block)
         settings = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, width=x.shape[-1],
                         dtype=self.dtype, ln_eps=self.ln_eps, activation=self.activation,
@@ -525,11 +538,15 @@ class Encoder(nn.Module):
         else:
             for i in range(self.depth):
                 x = block(**settings, name=f"block{i}")(x, mask, kv_lengths)
-        if not self.final_norm:
+                if capture == i + 1:
+                    hidden = x
+        if self.final_norm:
+            norm = make_norm(dict(self.block).get("norm", "layernorm"), self.dtype, self.ln_eps,
+                             name="norm")
+            x = norm(x)
+        if capture is None:
             return x[:, :length]
-        norm = make_norm(dict(self.block).get("norm", "layernorm"), self.dtype, self.ln_eps,
-                         name="norm")
-        return norm(x[:, :length])
+        return x[:, :length], hidden[:, :length]
 
 
 def _scan_body(block, settings: dict):

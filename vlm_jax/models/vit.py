@@ -26,6 +26,10 @@ class ViT(nn.Module):
     `pre_norm` adds a LayerNorm before the encoder (OpenAI CLIP's "pre_layrnorm"); `ln_eps` and
     `activation` (layers.ACTIVATIONS) let imported checkpoints compute as they were trained.
     `final_norm=False` drops the encoder's final LayerNorm (for a head that norms after it).
+    `feature_layer` k (None: off) adds `extras["feature_tokens"]` [B, N, D]: the patch tokens
+    of hidden state k (HF's `hidden_states[k]`, -2 = below the last block; no final norm; CLS
+    and extra tokens dropped), LLaVA's image features. Every parameter is still built, so a
+    trained tower loads whole.
     """
 
     width: int
@@ -39,6 +43,7 @@ class ViT(nn.Module):
     final_norm: bool = True
     ln_eps: float = 1e-6
     activation: str = "gelu"
+    feature_layer: int | None = None
     execution: layers.Execution = layers.Execution()  # how, never what: see layers
     dtype: jnp.dtype = jnp.float32
 
@@ -79,9 +84,11 @@ class ViT(nn.Module):
             x = jnp.concatenate([extra, x], axis=1)
         if self.pre_norm:
             x = layers.LayerNorm(self.dtype, self.ln_eps, name="pre_norm")(x)
-        x = layers.Encoder(self.depth, self.num_heads, self.mlp_dim, self.dtype, self.ln_eps,
-                           self.activation, self.execution, final_norm=self.final_norm,
-                           name="encoder")(x)
+        encoded = layers.Encoder(self.depth, self.num_heads, self.mlp_dim, self.dtype,
+                                 self.ln_eps, self.activation, self.execution,
+                                 final_norm=self.final_norm, feature_layer=self.feature_layer,
+                                 name="encoder")(x)
+        x, features = encoded if self.feature_layer is not None else (encoded, None)
         extra_out, x = x[:, :num_extra], x[:, num_extra:]
         if self.pool == "cls":
             pooled, x = x[:, 0], x[:, 1:]
@@ -92,6 +99,8 @@ class ViT(nn.Module):
                                         self.activation, name="map")
             pooled = pool(x)[:, 0]
         extras = {"tokens": x}
+        if features is not None:
+            extras["feature_tokens"] = features[:, num_extra + (self.pool == "cls"):]
         if num_extra:
             extras["extra_tokens"] = extra_out
         return pooled, extras
