@@ -53,10 +53,11 @@ def fit_kmeans(patches: np.ndarray, num_codes: int, seed: int, iterations: int =
     if len(patches) < num_codes:
         raise ValueError(f"k-means needs >= {num_codes} patches, got {len(patches)}; fit on more "
                          "images or lower mim.num_codes")
-    centroids = patches[rng.choice(len(patches), num_codes, replace=False)].astype(np.float64)
+    patches = patches.astype(np.float64)
+    centroids = patches[rng.choice(len(patches), num_codes, replace=False)]
     for _ in range(iterations):
-        distances = ((patches[:, None, :] - centroids[None]) ** 2).sum(-1)
-        assignment = distances.argmin(1)
+        # ||x - c||^2 without the [M, K, P] difference tensor; ||x||^2 does not change the argmin.
+        assignment = ((centroids ** 2).sum(-1)[None] - 2 * patches @ centroids.T).argmin(1)
         for k in range(num_codes):
             members = patches[assignment == k]
             if len(members):
