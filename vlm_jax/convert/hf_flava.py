@@ -11,7 +11,14 @@ from __future__ import annotations
 import numpy as np
 
 from vlm_jax.convert.torch_layout import (
-    Weights, activation, attention, dense, layer_norm, mlp, patch_embedding)
+    Weights,
+    activation,
+    attention,
+    dense,
+    layer_norm,
+    mlp,
+    patch_embedding,
+)
 
 
 def _flava_encoder(weights: Weights, prefix: str, num_heads: int) -> dict:
@@ -43,11 +50,12 @@ def convert(config: dict, weights: Weights, cls_id: int) -> tuple[dict, dict]:
     image_cfg, text_cfg, mm_cfg = (config["image_config"], config["text_config"],
                                    config["multimodal_config"])
     image, text, mm = "flava.image_model", "flava.text_model", "flava.multimodal_model"
+    patches = f"{image}.embeddings.patch_embeddings"
     type0 = weights.take(f"{text}.embeddings.token_type_embeddings.weight")[0]
     words = weights.take(f"{text}.embeddings.word_embeddings.weight") + type0
     params = {
         "image_encoder": {
-            "embedding": patch_embedding(weights, f"{image}.embeddings.patch_embeddings.projection"),
+            "embedding": patch_embedding(weights, f"{patches}.projection"),
             "cls": weights.take(f"{image}.embeddings.cls_token"),
             "mask_token": weights.take(f"{image}.embeddings.mask_token"),
             "pos_embedding": weights.take(f"{image}.embeddings.position_embeddings"),

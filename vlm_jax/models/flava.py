@@ -244,14 +244,22 @@ class Flava(nn.Module):
         return (image_size // self.image["patch_size"]) ** 2
 
 
+def _tower(tower: ml_collections.ConfigDict, kwargs_of) -> dict:
+    """A unimodal tower's kwargs; depth 0 (embeddings only: the single-stream baseline) is
+    kept, where `sizes` reads a zero size as "take it from the variant"."""
+    if tower.get("depth", None) != 0 or tower.get("variant"):
+        return kwargs_of(tower)
+    return {**kwargs_of(ml_collections.ConfigDict({**tower.to_dict(), "depth": 1})), "depth": 0}
+
+
 def from_config(model_config: ml_collections.ConfigDict, vocab_size: int,
                 dtype=jnp.float32) -> Flava:
     """`model.name = "flava"`: towers image / text / multimodal; `model.execution` reaches all."""
     fields = sizes.model_fields(Flava, model_config, ("image", "text", "multimodal"))
     if "log_scale_range" in fields:
         fields["log_scale_range"] = tuple(fields["log_scale_range"])
-    return Flava(vocab_size=vocab_size, image=sizes.tower_kwargs(model_config.image),
-                 text=sizes.sequence_kwargs(model_config.text),
+    return Flava(vocab_size=vocab_size, image=_tower(model_config.image, sizes.tower_kwargs),
+                 text=_tower(model_config.text, sizes.sequence_kwargs),
                  multimodal=sizes.sequence_kwargs(model_config.multimodal),
                  execution=layers.Execution(**model_config.get("execution", {})),
                  **fields, dtype=dtype)
