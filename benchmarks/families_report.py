@@ -43,10 +43,12 @@ FAMILIES = {
     # No contrastive term: its scorer embeddings are untrained, so its embedding evals sit at
     # chance; it is scored through its ITM head (the matcher) where the report runs ITM evals.
     "visualbert_tiny": ("Single stream", "masking", "configs/visualbert.py:tiny"),
+    "maskvlm_tiny": ("MaskVLM", "masking", "configs/maskvlm.py:tiny"),
 }
 JUDGE = "siglip_tiny"  # scores other runs' captions (CLIPScore)
 EMBEDDING_EVALS = ("zeroshot", "retrieval", "compositional")
 GENERATIVE_EVALS = ("captioning", "vqa", "pope")
+MATCHER_EVALS = ("itm_retrieval", "itm_compositional")
 # (column, metric key): the table's score columns.
 COLUMNS = (
     ("zero-shot", "zeroshot/single_object/top1"),
@@ -54,6 +56,8 @@ COLUMNS = (
     ("R@1 i2t", "retrieval/val/i2t_r1"),
     ("R@1 t2i", "retrieval/val/t2i_r1"),
     *((f"{kind} acc2", f"compositional/{kind}/acc2") for kind in world.PROBE_KINDS),
+    ("ITM R@1 i2t", "itm_retrieval/val/i2t_r1"),
+    *((f"{kind} ITM acc2", f"itm_compositional/{kind}/acc2") for kind in world.PROBE_KINDS),
     ("CIDEr", "captioning/val/cider"),
     ("VQA", "vqa/val/overall"),
     ("POPE F1 (adv.)", "pope/adversarial/f1"),
@@ -73,6 +77,8 @@ def evaluate(run: restore.RestoredRun, eval_config) -> dict[str, float]:
     names = EMBEDDING_EVALS if "scorer" in run.trainer.CAPABILITIES else ()
     if "captioner" in run.trainer.CAPABILITIES:
         names += GENERATIVE_EVALS
+    if "matcher" in run.trainer.CAPABILITIES:
+        names += MATCHER_EVALS
     return reports.evaluate(run, names, eval_config)
 
 

@@ -109,9 +109,8 @@ def describe_training(outcome: dict) -> str:
 
 def evaluate(run: restore.RestoredRun, names: tuple[str, ...], eval_config) -> dict[str, float]:
     """The evals `names` on a restored run."""
-    caption_model = run.caption_model() if evals.needs_caption_model(names) else None
-    return evals.run_evals(names, run.scorer(), eval_config, caption_model,
-                           judge=restore.clipscore_judge(eval_config, names))
+    return evals.run_served(names, run.served(names), eval_config,
+                            judge=restore.clipscore_judge(eval_config, names))
 
 
 def cell(results: dict, key: str) -> str:

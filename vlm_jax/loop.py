@@ -167,15 +167,14 @@ def build(config: ml_collections.ConfigDict, trainer, vocab_size: int, mesh, rul
 def run_evals(trainer, model, state, tokenizer, mesh, config) -> dict[str, float]:
     """Every eval in `config.evals.names`, timed, as a flat {"<eval>/<split>/<metric>": value}.
 
-    The trainer serves what the evals need (`trainers.serve`: a Scorer, a CaptionModel);
-    `trainers.check_evals` has already refused evals it cannot serve.
+    The trainer serves what the evals need (`trainers.serve_evals`: a Scorer, a CaptionModel,
+    a Matcher) in one dict; `trainers.check_evals` has already refused evals it cannot serve.
     """
     started = time.perf_counter()
-    serve = lambda capability: trainers.serve(
-        trainer, capability, model, state.params, tokenizer, mesh, config)
-    caption_model = serve("captioner") if evals.needs_caption_model(config.evals.names) else None
-    results = evals.run_evals(config.evals.names, serve("scorer"), config.evals, caption_model,
-                              judge=restore.clipscore_judge(config.evals, config.evals.names))
+    served = trainers.serve_evals(trainer, config.evals.names, model, state.params, tokenizer,
+                                  mesh, config)
+    results = evals.run_served(config.evals.names, served, config.evals,
+                               judge=restore.clipscore_judge(config.evals, config.evals.names))
     print(f"evaluated {len(results)} metrics in {time.perf_counter() - started:.1f}s")
     return results
 

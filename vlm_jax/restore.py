@@ -54,6 +54,12 @@ class RestoredRun:
         return trainers.serve(self.trainer, "captioner", self.model, self.params,
                               self.tokenizer, self.mesh, self.config)
 
+    def served(self, names) -> dict:
+        """What the evals `names` need of this run, as `evals.run_served` takes it
+        (`trainers.serve_evals`: None where the trainer lacks a capability)."""
+        return trainers.serve_evals(self.trainer, names, self.model, self.params,
+                                    self.tokenizer, self.mesh, self.config)
+
 
 def abstract_params(model, trainer: ModuleType, config: ml_collections.ConfigDict, mesh,
                     rules):

@@ -5,7 +5,8 @@ which of its methods embed, caption or score a caption:
   - `host_function`: a jitted `fn(params, *arrays)` whose arrays' rows are split over the
     batch axes, for any row count;
   - `make_scorer`: a `Scorer` from a model's `encode_image` / `encode_text` methods;
-  - `make_captioner`: a `CaptionModel` from a token-level generate and log-likelihood.
+  - `make_captioner`: a `CaptionModel` from a token-level generate and log-likelihood;
+  - `make_matcher`: a `Matcher` from a model's ITM logit of aligned (image, text) rows.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from vlm_jax import decoding, parallel
 from vlm_jax.evals.caption_model import CaptionModel
+from vlm_jax.evals.matching import Matcher
 from vlm_jax.evals.scoring import Scorer, cosine_similarity
 
 
@@ -60,6 +62,21 @@ def make_scorer(model, params, tokenizer, mesh: Mesh, text_length: int,
         encode_texts=lambda tokens: encode_text(params, tokens),
         tokenize=lambda texts: tokenizer.encode(list(texts), text_length),
         similarity=similarity or cosine_similarity,
+    )
+
+
+# match_logits(params, images uint8 [N, S, S, 3], text_tokens int32 [N, L]) -> ITM logit [N]
+MatchLogits = Callable[..., jax.Array]
+
+
+def make_matcher(match_logits: MatchLogits, params, tokenizer, mesh: Mesh,
+                 text_length: int) -> Matcher:
+    """The Matcher of a model whose `match_logits` (jit-traceable) scores image i with text i;
+    texts are tokenized to `text_length` as the Scorer's are."""
+    match = host_function(match_logits, mesh)
+    return Matcher(
+        match=lambda images, tokens: match(params, images, tokens),
+        tokenize=lambda texts: tokenizer.encode(list(texts), text_length),
     )
 
 

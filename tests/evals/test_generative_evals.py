@@ -191,7 +191,8 @@ def test_chunked_calls_pad_to_one_batch_size_and_keep_order():
 
 
 def test_generative_evals_need_a_caption_model():
-    with pytest.raises(ValueError, match="need a generative model"):
+    with pytest.raises(ValueError, match="eval 'vqa' needs a captioner, which this model does "
+                                         "not serve"):
         run_evals(["zeroshot", "vqa"], random_scorer(), small_eval_config())
     with pytest.raises(ValueError, match="vqa_size must be a positive integer"):
         run_evals(["vqa"], None, small_eval_config(vqa_size=0), caption_model=CONSTANT)

@@ -18,7 +18,8 @@ from vlm_jax.evals import datasets
 def test_builtin_trainers_declare_their_capabilities():
     declared = {name: trainers.get_trainer(name).CAPABILITIES for name in trainers.TRAINERS}
     assert declared == {"contrastive": {"scorer"}, "llip": {"scorer"},
-                        "coca": {"scorer", "captioner"}}
+                        "coca": {"scorer", "captioner"}, "flava": {"scorer", "matcher"},
+                        "maskvlm": {"scorer", "matcher"}}
 
 
 def test_init_batch_is_the_models_sample_inputs():

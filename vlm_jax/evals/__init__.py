@@ -1,13 +1,18 @@
-"""Evaluations: zero-shot classification, retrieval, compositional probes; and, for generative
+"""Evaluations: zero-shot classification, retrieval, compositional probes; for generative
 models, captioning, VQA, POPE hallucination and likelihood-scored zero-shot and compositional
-probes. Zero-shot, retrieval and captioning read the dataset their `evals.<name>` spec names
-(`datasets`: the synthetic world by default); the probes read the world.
+probes; and, for models with an image-text matching head, ITM-reranked retrieval and
+ITM-scored compositional probes. Zero-shot, retrieval (ITM-reranked too) and captioning read
+the dataset their `evals.<name>` spec names (`datasets`: the synthetic world by default); the
+probes read the world.
 
 Each embedding eval is `run(scorer, eval_config)`, each generative one
-`run(caption_model, scorer_or_None, eval_config)` (EVALS, GENERATIVE_EVALS), both returning
-{"<eval>/<split>/<metric>": float}; `run_evals` runs a list of them by name and
-`format_table` prints the results for the console. Evals never import trainers or the loop:
-the caller passes what they need (a Scorer, a CaptionModel, a CLIPScore judge).
+`run(caption_model, scorer_or_None, eval_config)`, each matching one
+`run(matcher, scorer_or_None, eval_config)` (EVALS, GENERATIVE_EVALS, MATCHER_EVALS), all
+returning {"<eval>/<split>/<metric>": float}. `run_served` runs a list of them by name from
+one dict of what a model serves ({"scorer": Scorer, "captioner": CaptionModel, "matcher":
+Matcher}, `capabilities_needed` says which each eval needs); `run_evals` is the same for a
+Scorer and a CaptionModel given apart; `format_table` prints the results for the console.
+Evals never import trainers or the loop: the caller passes what they need.
 """
 
 import numbers
@@ -27,6 +32,7 @@ from vlm_jax.evals import (
     zeroshot,
 )
 from vlm_jax.evals.caption_model import CaptionModel
+from vlm_jax.evals.matching import Matcher
 from vlm_jax.evals.scoring import Scorer
 
 EVALS: dict[str, Callable[[Scorer, ml_collections.ConfigDict], dict[str, float]]] = {
@@ -45,6 +51,16 @@ GENERATIVE_EVALS: dict[
     "genzeroshot": generative_zeroshot.run,
     "gencompositional": generative_compositional.run,
 }
+# Evals of an image-text matching head (a Matcher, a cross-encoder's ITM logit); the
+# reranked retrieval takes its candidates from the Scorer, which it then needs too.
+MATCHER_EVALS: dict[
+    str, Callable[[Matcher, Scorer | None, ml_collections.ConfigDict], dict[str, float]]
+] = {
+    "itm_retrieval": retrieval.run_itm,
+    "itm_compositional": compositional.run_itm,
+}
+# capability -> the evals that take it as their first argument
+_EVALS_OF = {"scorer": EVALS, "captioner": GENERATIVE_EVALS, "matcher": MATCHER_EVALS}
 
 # eval_config fields that must be positive integers, with their defaults.
 SIZE_DEFAULTS = {
@@ -60,6 +76,7 @@ SIZE_DEFAULTS = {
     "pope_questions": 3,  # present objects asked about per image (and as many absent ones)
     "pope_stats_size": 5000,  # train scenes counted for POPE's popular / adversarial objects
     "genzeroshot_size": 240,  # single-object images for likelihood zero-shot
+    "itm_top_k": 16,  # candidates per query the Matcher re-ranks (itm_retrieval)
 }
 
 
@@ -106,10 +123,10 @@ def capabilities_needed(names: Sequence[str] | str, eval_config) -> dict[str, fr
     """{eval: the trainer capabilities it needs} for the evals `names` ("scorer",
     "captioner"), after checking the names and their dataset specs (ValueError otherwise)."""
     names = _split_names(names)
-    unknown = [name for name in names if name not in EVALS and name not in GENERATIVE_EVALS]
+    known = [name for table in _EVALS_OF.values() for name in table]
+    unknown = [name for name in names if name not in known]
     if unknown:
-        raise ValueError(
-            f"unknown evals {unknown}; choose from {sorted(EVALS) + sorted(GENERATIVE_EVALS)}.")
+        raise ValueError(f"unknown evals {unknown}; choose from {sorted(known)}.")
     for name in names:
         if name in datasets.DATASET_EVALS:
             datasets.spec_of(eval_config, name)
@@ -117,6 +134,10 @@ def capabilities_needed(names: Sequence[str] | str, eval_config) -> dict[str, fr
     for name in dict.fromkeys(names):
         if name in EVALS:
             needed[name] = frozenset({"scorer"})
+        elif name == "itm_retrieval":  # the Scorer picks the candidates the Matcher re-ranks
+            needed[name] = frozenset({"matcher", "scorer"})
+        elif name in MATCHER_EVALS:
+            needed[name] = frozenset({"matcher"})
         elif name == "captioning" and not eval_config.get("clipscore_workdir", ""):
             needed[name] = frozenset({"captioner", "scorer"})  # its own towers judge CLIPScore
         else:
@@ -131,34 +152,64 @@ def run_evals(
     caption_model: CaptionModel | None = None,
     judge: Scorer | None = None,
 ) -> dict[str, float]:
+    """`run_served` of a model serving `scorer` and `caption_model` (either may be None)."""
+    return run_served(names, {"scorer": scorer, "captioner": caption_model}, eval_config,
+                      judge=judge)
+
+
+def run_served(
+    names: Sequence[str] | str,
+    served: Mapping[str, object],
+    eval_config,
+    judge: Scorer | None = None,
+) -> dict[str, float]:
     """Results of the evals `names` (a list, or one comma-separated string), merged in order.
 
-    Embedding evals need `scorer`, generative ones `caption_model` (a trainer's
-    `make_captioner`). Captioning's CLIPScore is judged by `judge`, or `scorer` when None;
-    with `eval_config.clipscore_workdir` set the caller must pass that run's Scorer as judge.
+    `served` maps capabilities to what the model serves ("scorer": a Scorer, "captioner": a
+    CaptionModel, "matcher": a Matcher; a missing or None entry: not served), e.g. every
+    `trainers.serve` of the trainer's CAPABILITIES. Captioning's CLIPScore is judged by
+    `judge`, or the served scorer when None; with `eval_config.clipscore_workdir` set the
+    caller must pass that run's Scorer as judge.
     """
     names = _split_names(names)
-    capabilities_needed(names, eval_config)
-    generative = [name for name in names if name in GENERATIVE_EVALS]
-    if generative and caption_model is None:
-        raise ValueError(f"evals {generative} need a generative model (a trainer with the "
-                         "'captioner' capability, e.g. CoCa); this model only embeds.")
-    if scorer is None and any(name in EVALS for name in names):
-        raise ValueError(f"evals {[n for n in names if n in EVALS]} need a Scorer.")
+    needed = capabilities_needed(names, eval_config)
+    unknown = sorted(set(served) - set(_EVALS_OF))
+    if unknown:
+        raise ValueError(f"served capabilities {unknown} are not known to the evals; known: "
+                         f"{sorted(_EVALS_OF)}")
+    for name, capabilities in needed.items():
+        if name == "captioning" and judge is not None:
+            capabilities = capabilities - {"scorer"}
+        lacking = sorted(c for c in capabilities if served.get(c) is None)
+        if lacking:
+            raise ValueError(f"eval {name!r} needs a {' and a '.join(lacking)}, which this "
+                             f"model does not serve ({_WHO_SERVES[lacking[0]]}).")
     if "captioning" in names and eval_config.get("clipscore_workdir", "") and judge is None:
         raise ValueError(f"evals.clipscore_workdir={eval_config.clipscore_workdir!r} names the "
                          "CLIPScore judge, but no judge was passed: pass "
                          "judge=vlm_jax.restore.clipscore_judge(eval_config, names)")
     _check_eval_config(eval_config)
+    scorer = served.get("scorer")
     results = {}
     for name in dict.fromkeys(names):  # each eval once, in the order given
         if name == "captioning":
-            results.update(captioning.run(caption_model, judge or scorer, eval_config))
+            results.update(captioning.run(served["captioner"], judge or scorer, eval_config))
         elif name in GENERATIVE_EVALS:
-            results.update(GENERATIVE_EVALS[name](caption_model, scorer, eval_config))
+            results.update(GENERATIVE_EVALS[name](served["captioner"], scorer, eval_config))
+        elif name in MATCHER_EVALS:
+            results.update(MATCHER_EVALS[name](served["matcher"], scorer, eval_config))
         else:
             results.update(EVALS[name](scorer, eval_config))
     return results
+
+
+# capability -> which models serve it, for the error naming what is missing
+_WHO_SERVES = {
+    "scorer": "a trainer with the 'scorer' capability embeds images and texts",
+    "captioner": "a generative model: a trainer with the 'captioner' capability, e.g. CoCa",
+    "matcher": "a model with an image-text matching head: a trainer with the 'matcher' "
+               "capability, e.g. MaskVLM",
+}
 
 
 def format_table(results: Mapping[str, float]) -> str:

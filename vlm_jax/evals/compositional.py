@@ -8,6 +8,10 @@ other. With s[i, j] = similarity(image i, caption j):
   group score: both
   acc2: per image, the true caption strictly beats the negative, averaged over both images.
 Every inequality is strict, so a tie is never correct.
+
+`run` scores with a Scorer's similarity of embeddings; `run_itm` scores the same pairs (same
+seed and probe_size) with a Matcher's ITM logits, a cross-encoder reading each image with
+each caption, so the two tables compare directly.
 """
 
 from collections.abc import Callable
@@ -15,6 +19,7 @@ from collections.abc import Callable
 import numpy as np
 
 from vlm_jax.data import world
+from vlm_jax.evals.matching import Matcher, match_pairs, tokenize_texts
 from vlm_jax.evals.scoring import Scorer, embed_images, embed_texts, pad_rows
 
 
@@ -97,6 +102,59 @@ def blind_score_blocks(
     return np.repeat(caption_scores[:, None, :], 2, axis=1)  # [P, image, caption]
 
 
+def _reference_images(eval_config) -> np.ndarray:
+    """uint8 [R, S, S, 3]: as many val images as a probe kind has, for the blind baselines."""
+    val_world = world.World("val", seed=eval_config.seed, image_size=eval_config.image_size)
+    reference_size = min(2 * eval_config.probe_size, len(val_world))
+    return np.stack([val_world[index]["image"] for index in range(reference_size)])
+
+
+def _probe_set(kind: str, eval_config) -> tuple[np.ndarray, list[str]]:
+    """images uint8 [2P, S, S, 3] and their 2P captions: row 2p + i is side i of pair p."""
+    pairs = world.probe_pairs(kind, eval_config.probe_size, seed=eval_config.seed,
+                              image_size=eval_config.image_size)
+    images = np.stack([image for pair in pairs for image in pair.images])
+    return images, [caption for pair in pairs for caption in pair.captions]
+
+
+def probe_pair_rows(num_pairs: int) -> tuple[np.ndarray, np.ndarray]:
+    """(image rows, caption rows), each int [4P]: the four (image, caption) pairs inside each
+    probe pair (rows 2p + i, as in `pair_score_blocks`), in [p, image, caption] order, so
+    scores of these pairs reshape to the [P, 2, 2] blocks `winoground_metrics` reads."""
+    pair, image, caption = np.meshgrid(np.arange(num_pairs), np.arange(2), np.arange(2),
+                                       indexing="ij")  # each [P, 2, 2]
+    return (2 * pair + image).ravel(), (2 * pair + caption).ravel()
+
+
+def run_itm(matcher: Matcher, scorer: Scorer | None, eval_config) -> dict[str, float]:
+    """itm_compositional/<kind>/{text, image, group, acc2, blind_acc2, blind_group}: `run`'s
+    probe pairs scored by the Matcher's ITM logits. The blind model matches every caption
+    with one image, the pixel mean of val images (no scene in it), so its text, image and
+    group scores are 0 and its acc2 at most 0.5, as in `blind_score_blocks`."""
+    del scorer  # the cross-encoder scores every pair itself
+    if eval_config.probe_size < 1:
+        raise ValueError(f"eval_config.probe_size must be >= 1, got {eval_config.probe_size}.")
+    batch_size = eval_config.batch_size
+    mean_image = np.round(_reference_images(eval_config).mean(axis=0)).astype(np.uint8)
+    results = {}
+    for kind in world.PROBE_KINDS:
+        images, captions = _probe_set(kind, eval_config)
+        tokens = tokenize_texts(matcher, captions)
+        image_rows, caption_rows = probe_pair_rows(len(captions) // 2)
+        pair_scores = match_pairs(matcher, images, tokens, image_rows, caption_rows,
+                                  batch_size).reshape(-1, 2, 2)  # [P, image, caption]
+        blind_logits = match_pairs(matcher, mean_image[None], tokens,
+                                   np.zeros(len(captions), int), np.arange(len(captions)),
+                                   batch_size)
+        blind = winoground_metrics(np.repeat(blind_logits.reshape(-1, 1, 2), 2, axis=1))
+        metrics = winoground_metrics(pair_scores)
+        metrics["blind_acc2"] = blind["acc2"]
+        metrics["blind_group"] = blind["group"]
+        for metric, value in metrics.items():
+            results[f"itm_compositional/{kind}/{metric}"] = value
+    return results
+
+
 def run(scorer: Scorer, eval_config) -> dict[str, float]:
     """compositional/<kind>/{text, image, group, acc2, blind_acc2, blind_group} for every
     kind in `world.PROBE_KINDS`, on `eval_config.probe_size` pairs each."""
@@ -104,22 +162,12 @@ def run(scorer: Scorer, eval_config) -> dict[str, float]:
         raise ValueError(f"eval_config.probe_size must be >= 1, got {eval_config.probe_size}.")
     batch_size = eval_config.batch_size
     # The blind model's image: the mean embedding of as many val images as a probe kind has.
-    val_world = world.World("val", seed=eval_config.seed, image_size=eval_config.image_size)
-    reference_size = min(2 * eval_config.probe_size, len(val_world))
-    reference_images = np.stack([val_world[index]["image"] for index in range(reference_size)])
-    reference_embeddings = embed_images(scorer, reference_images, batch_size)
+    reference_embeddings = embed_images(scorer, _reference_images(eval_config), batch_size)
     mean_image_embedding = reference_embeddings.mean(axis=0, keepdims=True)  # [1, ...]
 
     results = {}
     for kind in world.PROBE_KINDS:
-        pairs = world.probe_pairs(
-            kind,
-            eval_config.probe_size,
-            seed=eval_config.seed,
-            image_size=eval_config.image_size,
-        )
-        images = np.stack([image for pair in pairs for image in pair.images])  # [2P, S, S, 3]
-        captions = [caption for pair in pairs for caption in pair.captions]  # 2P
+        images, captions = _probe_set(kind, eval_config)  # [2P, S, S, 3], 2P
         image_embeddings = embed_images(scorer, images, batch_size)
         caption_embeddings = embed_texts(scorer, captions, batch_size)
         pair_scores = pair_score_blocks(

@@ -22,6 +22,7 @@ FAMILIES = {
     "llip": "llip",
     "coca": "coca",
     "flava": "flava",
+    "maskvlm": "maskvlm",
 }
 
 

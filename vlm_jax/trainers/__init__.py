@@ -8,7 +8,8 @@ The trainer contract. A trainer module defines
 and, for each capability, its factory (model, params, tokenizer, mesh, config) -> ...:
   "scorer":    make_scorer    -> vlm_jax.evals.scoring.Scorer (embedding evals);
   "captioner": make_captioner -> vlm_jax.evals.caption_model.CaptionModel (generative evals);
-  "matcher":   make_matcher   -> vlm_jax.evals.matching.Matcher (ITM-scored evals).
+  "matcher":   make_matcher   -> vlm_jax.evals.matching.Matcher (ITM evals: reranked
+               retrieval, ITM-scored probes).
 The shared loop in `vlm_jax.loop` does the rest (state, step, checkpoints, metrics, evals).
 
 `config.trainer` names a module here (TRAINERS) or, for a family kept elsewhere (a project,
@@ -26,7 +27,7 @@ import numpy as np
 
 from vlm_jax import configlib, evals
 
-TRAINERS = ("contrastive", "llip", "coca", "flava")
+TRAINERS = ("contrastive", "llip", "coca", "flava", "maskvlm")
 # capability -> the factory a trainer with it defines
 FACTORIES = {"scorer": "make_scorer", "captioner": "make_captioner", "matcher": "make_matcher"}
 _MODULE_PREFIX = "module:"
@@ -65,10 +66,23 @@ def _check_contract(name: str, module: ModuleType) -> None:
 
 def serve(trainer: ModuleType, capability: str, model, params, tokenizer, mesh,
           config: ml_collections.ConfigDict):
-    """The trainer's `capability` (a Scorer, a CaptionModel) of the model, or None without it."""
+    """The trainer's `capability` (a Scorer, a CaptionModel, a Matcher) of the model, or None
+    without it."""
     if capability not in trainer.CAPABILITIES:
         return None
     return getattr(trainer, FACTORIES[capability])(model, params, tokenizer, mesh, config)
+
+
+def serve_evals(trainer: ModuleType, names, model, params, tokenizer, mesh,
+                config: ml_collections.ConfigDict) -> dict:
+    """{capability: what the trainer serves} for the evals `names`: the one dict
+    `evals.run_served` takes. It holds every capability those evals need, and the scorer
+    whenever the trainer has one (generative evals score with it beside their likelihoods);
+    a capability the trainer lacks is None."""
+    needed = set().union(*evals.capabilities_needed(names, config.evals).values())
+    needed |= {"scorer"} & trainer.CAPABILITIES
+    return {capability: serve(trainer, capability, model, params, tokenizer, mesh, config)
+            for capability in sorted(needed)}
 
 
 def check_evals(config: ml_collections.ConfigDict) -> None:

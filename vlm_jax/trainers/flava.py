@@ -23,7 +23,6 @@ import numpy as np
 from vlm_jax import masking, mim_targets, serving
 from vlm_jax.data import tokenizer as tokenizers
 from vlm_jax.data.world import World
-from vlm_jax.evals.matching import Matcher
 from vlm_jax.evals.scoring import Scorer
 from vlm_jax.losses import masking as masking_losses
 from vlm_jax.losses import terms
@@ -137,7 +136,6 @@ def make_scorer(model: flava.Flava, params, tokenizer, mesh,
 def make_matcher(model: flava.Flava, params, tokenizer, mesh, config: ml_collections.ConfigDict):
     """Matcher whose match(images uint8 [N,S,S,3], tokens int32 [N,L]) -> float [N] is the ITM
     log-odds of row-aligned pairs (unmasked images and text through the multimodal encoder)."""
-    match = serving.host_function(
-        lambda p, images, tokens: model.apply({"params": p}, images, tokens,
-                                              method=model.match), mesh)
-    return Matcher(match=lambda images, tokens: match(params, images, tokens))
+    return serving.make_matcher(
+        lambda p, images, tokens: model.apply({"params": p}, images, tokens, method=model.match),
+        params, tokenizer, mesh, config.data.text_length)
