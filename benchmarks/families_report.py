@@ -39,6 +39,10 @@ FAMILIES = {
     "siglip_tiny": ("SigLIP", "contrastive", "configs/siglip.py:tiny"),
     "llip_tiny": ("Llip", "contrastive", "configs/llip.py:tiny"),
     "coca_tiny": ("CoCa", "generative", "configs/coca.py:tiny"),
+    "flava_tiny": ("FLAVA", "masking", "configs/flava.py:tiny"),
+    # No contrastive term: its scorer embeddings are untrained, so its embedding evals sit at
+    # chance; it is scored through its ITM head (the matcher) where the report runs ITM evals.
+    "visualbert_tiny": ("Single stream", "masking", "configs/visualbert.py:tiny"),
     # On the world LM (configs/lm.py:tiny, trained into runs/lm_tiny as docs/backbones.md says)
     # and, for LLaVA, SigLIP's tower of this report; stage 2 starts from stage 1's row.
     "frozen_tiny": ("Frozen", "pretrained backbone", "configs/frozen.py:tiny,lm=runs/lm_tiny"),

@@ -8,6 +8,7 @@ MLM reads the multimodal text states (FLAVA's MMM-text head), as VisualBERT does
 
 from configs import common, flava
 from vlm_jax.configlib import parse_arg
+from vlm_jax.models import sizes
 
 
 def get_config(arg=None):
@@ -19,8 +20,11 @@ def get_config(arg=None):
     # Single-stream ITM with 10% negatives is a weak signal; VisualBERT's alignment uses 50%.
     c.loss.itm_rate = 0.5
     c.mim.target = "pixels"  # no codebook to fit: no image target is used
-    c.model.image.depth = 0
-    c.model.text.depth = 0
+    # Explicit sizes with depth 0 (a variant's own depth would win over a zero).
+    for name in ("image", "text"):
+        tower = c.model[name]
+        explicit = sizes.decode_variant(tower.variant) if tower.variant else {}
+        tower.update({**explicit, "variant": "", "depth": 0})
     if parsed.tiny:
         c.model.multimodal = common.tiny_tower(depth=3)
     else:

@@ -47,16 +47,26 @@ def normalized_patches(images: jax.Array, patch: int, eps: float = 1e-6) -> jax.
 
 def fit_kmeans(patches: np.ndarray, num_codes: int, seed: int, iterations: int = 20
                ) -> np.ndarray:
-    """Lloyd's k-means on patches [M, P] -> centroids float32 [K, P] (k-means++-free: K random
-    distinct patches as the start; an emptied cluster keeps its old centroid)."""
+    """Lloyd's k-means on patches [M, P] -> centroids float32 [K, P], started by k-means++
+    (each next start drawn with probability proportional to its squared distance to the
+    nearest start); an emptied cluster keeps its old centroid."""
     rng = np.random.default_rng(seed)
     if len(patches) < num_codes:
         raise ValueError(f"k-means needs >= {num_codes} patches, got {len(patches)}; fit on more "
                          "images or lower mim.num_codes")
-    centroids = patches[rng.choice(len(patches), num_codes, replace=False)].astype(np.float64)
+    patches = patches.astype(np.float64)
+    centroids = [patches[rng.integers(len(patches))]]
+    nearest = ((patches - centroids[0]) ** 2).sum(-1)
+    for _ in range(num_codes - 1):
+        total = nearest.sum()
+        pick = rng.choice(len(patches), p=nearest / total) if total > 0 else rng.integers(
+            len(patches))
+        centroids.append(patches[pick])
+        nearest = np.minimum(nearest, ((patches - patches[pick]) ** 2).sum(-1))
+    centroids = np.stack(centroids)
     for _ in range(iterations):
-        distances = ((patches[:, None, :] - centroids[None]) ** 2).sum(-1)
-        assignment = distances.argmin(1)
+        # ||x - c||^2 without the [M, K, P] difference tensor; ||x||^2 does not change the argmin.
+        assignment = ((centroids ** 2).sum(-1)[None] - 2 * patches @ centroids.T).argmin(1)
         for k in range(num_codes):
             members = patches[assignment == k]
             if len(members):

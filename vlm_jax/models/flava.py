@@ -118,7 +118,7 @@ class MaskedHead(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         dtype = self.model.dtype
-        x = _dense(x.shape[-1], dtype, "transform", ("embed", "embed"))(x)
+        x = _dense(x.shape[-1], dtype, "transform", ("mlp", "embed"))(x)
         x = layers.LayerNorm(dtype, self.model.ln_eps, name="norm")(
             layers.ACTIVATIONS[self.model.activation](x))
         return _dense(self.outputs, dtype, "decoder", ("embed", "vocab"))(x)
@@ -149,8 +149,8 @@ class Flava(nn.Module):
                         self.execution, self.dtype)
         self.image_encoder = ImageEncoder(self.image, shared)
         self.text_encoder = TextEncoder(self.text, shared)
-        self.image_to_mm = _dense(mm_width, self.dtype, "image_to_mm", ("embed", "embed"))
-        self.text_to_mm = _dense(mm_width, self.dtype, "text_to_mm", ("embed", "embed"))
+        self.image_to_mm = _dense(mm_width, self.dtype, "image_to_mm", ("mlp", "embed"))
+        self.text_to_mm = _dense(mm_width, self.dtype, "text_to_mm", ("mlp", "embed"))
         self.mm_cls = self.param("mm_cls", layers.zeros_init((None, None, "embed")),
                                  (1, 1, mm_width))
         self.mm_encoder = _encoder(self.multimodal, shared, True, "mm_encoder")
@@ -164,7 +164,7 @@ class Flava(nn.Module):
         self.mlm_head = MaskedHead(self.vocab_size, shared)
         self.mmm_image_head = MaskedHead(self.mim_dim, shared)
         self.mmm_text_head = MaskedHead(self.vocab_size, shared)
-        self.itm_pooler = _dense(mm_width, self.dtype, "itm_pooler", ("embed", "embed"))
+        self.itm_pooler = _dense(mm_width, self.dtype, "itm_pooler", ("mlp", "embed"))
         self.itm_classifier = _dense(2, self.dtype, "itm_classifier", ("embed", None))
 
     def encode_image(self, images: jax.Array):
@@ -211,10 +211,17 @@ class Flava(nn.Module):
             patch_mask = jnp.zeros(images.shape[:1] + (self.num_patches(images.shape[1]),), bool)
         if masked_tokens is None:
             masked_tokens = text_tokens
-        _, image_hidden = self.image_encoder(images)
-        _, text_hidden, _ = self.text_encoder(text_tokens)
-        image_states, masked_image = self.image_encoder(images, patch_mask)
-        text_states, masked_text, text_valid = self.text_encoder(masked_tokens)
+        # The unmasked and masked passes run as one batch of 2B rows (one graph to compile).
+        batch = images.shape[0]
+        both_states, both_hidden = self.image_encoder(
+            jnp.concatenate([images, images]),
+            jnp.concatenate([jnp.zeros_like(patch_mask), patch_mask]))
+        image_hidden, masked_image = both_hidden[:batch], both_hidden[batch:]
+        image_states = both_states[batch:]
+        both_states, both_hidden, both_valid = self.text_encoder(
+            jnp.concatenate([text_tokens, masked_tokens]))
+        text_hidden, masked_text = both_hidden[:batch], both_hidden[batch:]
+        text_states, text_valid = both_states[batch:], both_valid[batch:]
         mm_hidden = self.fuse(image_states, text_states, text_valid)
         num_patches = patch_mask.shape[1]
         lo, hi = self.log_scale_range
@@ -237,14 +244,22 @@ class Flava(nn.Module):
         return (image_size // self.image["patch_size"]) ** 2
 
 
+def _tower(tower: ml_collections.ConfigDict, kwargs_of) -> dict:
+    """A unimodal tower's kwargs; depth 0 (embeddings only: the single-stream baseline) is
+    kept, where `sizes` reads a zero size as "take it from the variant"."""
+    if tower.get("depth", None) != 0 or tower.get("variant"):
+        return kwargs_of(tower)
+    return {**kwargs_of(ml_collections.ConfigDict({**tower.to_dict(), "depth": 1})), "depth": 0}
+
+
 def from_config(model_config: ml_collections.ConfigDict, vocab_size: int,
                 dtype=jnp.float32) -> Flava:
     """`model.name = "flava"`: towers image / text / multimodal; `model.execution` reaches all."""
     fields = sizes.model_fields(Flava, model_config, ("image", "text", "multimodal"))
     if "log_scale_range" in fields:
         fields["log_scale_range"] = tuple(fields["log_scale_range"])
-    return Flava(vocab_size=vocab_size, image=sizes.tower_kwargs(model_config.image),
-                 text=sizes.sequence_kwargs(model_config.text),
+    return Flava(vocab_size=vocab_size, image=_tower(model_config.image, sizes.tower_kwargs),
+                 text=_tower(model_config.text, sizes.sequence_kwargs),
                  multimodal=sizes.sequence_kwargs(model_config.multimodal),
                  execution=layers.Execution(**model_config.get("execution", {})),
                  **fields, dtype=dtype)
