@@ -12,7 +12,6 @@ from vlm_jax.data import world
 
 # Trains a run, restores it and compiles several decoders: ~10 min on the loaded 2-core
 # machine, so outside the default suite.
-pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +32,7 @@ def trained(tmp_path_factory):
     return str(root / "run"), str(path), root
 
 
+@pytest.mark.slow
 def test_answers_one_prompt_a_prompts_file_and_captions(trained):
     workdir, image, root = trained
     prompts_file = root / "prompts.txt"
@@ -52,6 +52,7 @@ def test_answers_one_prompt_a_prompts_file_and_captions(trained):
                                       temperature=1.5, max_len=3)
 
 
+@pytest.mark.slow
 def test_bad_inputs_are_one_line_errors(trained, tmp_path):
     workdir, image, _ = trained
     with pytest.raises(generate.UsageError, match="give --prompt or --prompts, not both"):
@@ -66,3 +67,14 @@ def test_bad_inputs_are_one_line_errors(trained, tmp_path):
         generate.answer(workdir, str(not_image), None)
     with pytest.raises(ValueError, match="temperature must be > 0"):
         generate.answer(workdir, image, ["hi"], strategy="sample", temperature=0.0)
+
+
+def test_command_line_reads_decoding_overrides_and_imports_beside_main():
+    from vlm_jax import main  # noqa: F401  (both define --workdir: absl flags would clash)
+
+    args = generate.parse_args(["--workdir=w", "--image=i.png", "--strategy=sample",
+                                "--top_k=5"])
+    assert (args.workdir, args.strategy, args.top_k, args.temperature) == ("w", "sample", 5,
+                                                                          None)
+    with pytest.raises(SystemExit):
+        generate.parse_args(["--workdir=w"])  # --image is required

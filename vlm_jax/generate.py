@@ -15,29 +15,36 @@ Prints one "prompt -> answer" line per prompt.
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 import numpy as np
-from absl import app, flags
 
 from vlm_jax import serving
 from vlm_jax.data import images as image_files
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "a trained run's workdir")
-_IMAGE = flags.DEFINE_string("image", None, "the image file (PNG, JPEG, ...)")
-_PROMPT = flags.DEFINE_string("prompt", None, "one prompt (default: caption the image)")
-_PROMPTS = flags.DEFINE_string("prompts", None, "a file of prompts, one per line")
-_STRATEGY = flags.DEFINE_enum("strategy", None, ["greedy", "sample", "beam"],
-                              "decoding strategy (default: config.decode.strategy)")
-_MAX_LEN = flags.DEFINE_integer("max_len", None, "new tokens at most")
-_TEMPERATURE = flags.DEFINE_float("temperature", None, "sampling temperature")
-_TOP_K = flags.DEFINE_integer("top_k", None, "sample among the k most probable (0: off)")
-_TOP_P = flags.DEFINE_float("top_p", None, "nucleus sampling mass (1: off)")
-_BEAM_SIZE = flags.DEFINE_integer("beam_size", None, "beam search width")
-_SEED = flags.DEFINE_integer("seed", 0, "sampling seed")
+# Decoding flags that override the run's config.decode fields of the same name.
+_OVERRIDES = ("strategy", "max_len", "temperature", "top_k", "top_p", "beam_size")
 
-_OVERRIDES = {"strategy": _STRATEGY, "max_len": _MAX_LEN, "temperature": _TEMPERATURE,
-              "top_k": _TOP_K, "top_p": _TOP_P, "beam_size": _BEAM_SIZE}
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; argparse rather than absl flags, so importing this module next to
+    vlm_jax.main (which defines --workdir too) defines nothing global."""
+    parser = argparse.ArgumentParser(prog="python -m vlm_jax.generate",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", required=True, help="a trained run's workdir")
+    parser.add_argument("--image", required=True, help="the image file (PNG, JPEG, ...)")
+    parser.add_argument("--prompt", help="one prompt (default: caption the image)")
+    parser.add_argument("--prompts", help="a file of prompts, one per line")
+    parser.add_argument("--strategy", choices=["greedy", "sample", "beam"],
+                        help="decoding strategy (default: config.decode.strategy)")
+    parser.add_argument("--max_len", type=int, help="new tokens at most")
+    parser.add_argument("--temperature", type=float, help="sampling temperature")
+    parser.add_argument("--top_k", type=int, help="sample among the k most probable (0: off)")
+    parser.add_argument("--top_p", type=float, help="nucleus sampling mass (1: off)")
+    parser.add_argument("--beam_size", type=int, help="beam search width")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed")
+    return parser.parse_args(argv)
 
 
 class UsageError(ValueError):
@@ -99,15 +106,12 @@ def answer(workdir: str, image_path: str, prompts: list[str] | None, seed: int =
     return list(zip(shown, texts, strict=True))
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    if not _WORKDIR.value or not _IMAGE.value:
-        raise app.UsageError("--workdir and --image are required")
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     try:
-        prompts = read_prompts(_PROMPT.value, _PROMPTS.value)
-        pairs = answer(_WORKDIR.value, _IMAGE.value, prompts, _SEED.value,
-                       **{name: flag.value for name, flag in _OVERRIDES.items()})
+        prompts = read_prompts(args.prompt, args.prompts)
+        pairs = answer(args.workdir, args.image, prompts, args.seed,
+                       **{name: getattr(args, name) for name in _OVERRIDES})
     except (UsageError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
@@ -116,4 +120,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    main()
