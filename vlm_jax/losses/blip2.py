@@ -13,16 +13,18 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from vlm_jax.losses import hard_negatives
+
 
 def sample_hard_negatives(rng: jax.Array, logits: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(negative_text [B], negative_image [B]) indices from the ITC logits [B, B] (image i,
     text j; pairs on the diagonal): negative_text[i] ~ softmax_j(logits[i]) over j != i,
-    negative_image[j] ~ softmax_i(logits[:, j]) over i != j."""
-    logits = jax.lax.stop_gradient(logits.astype(jnp.float32))
-    excluded = jnp.where(jnp.eye(logits.shape[0], dtype=bool), -jnp.inf, logits)
-    text_rng, image_rng = jax.random.split(rng)
-    negative_text = jax.random.categorical(text_rng, excluded, axis=1)
-    negative_image = jax.random.categorical(image_rng, excluded.T, axis=1)
+    negative_image[j] ~ softmax_i(logits[:, j]) over i != j. BLIP-2 excludes the pair only
+    (not other rows with the same caption, as MaskVLM does): the shared sampler with the
+    diagonal as the positives."""
+    positives = jnp.eye(logits.shape[0], dtype=bool)
+    negative_text, negative_image, _ = hard_negatives.sample_hard_negatives(
+        rng, logits, positives)
     return negative_text, negative_image
 
 
