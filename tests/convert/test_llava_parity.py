@@ -6,15 +6,22 @@ always runs; the live test rebuilds a fresh random LLaVA whenever torch imports.
 """
 
 import importlib.util
+import json
+import shutil
 from pathlib import Path
 
+import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 
 from vlm_jax import models
-from vlm_jax.convert import convert_hf
+from vlm_jax.convert import convert_hf, flatten, hf_files, hf_llava
+from vlm_jax.convert.torch_layout import Weights
+from vlm_jax.init_from import load_into
+from vlm_jax.train_state import TrainState
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "llava_tiny"
 # Measured: max |ours - transformers| 1.5e-6 (golden, either placeholder id), 3.7e-6 (the
@@ -68,11 +75,67 @@ def test_llava_logits_match_golden_transformers(placeholder):
     np.testing.assert_allclose(logits, expected["logits"], rtol=0, atol=TOLERANCE)
 
 
+# save_pretrained's names (the fixture's) -> transformers 5's module names / older files'.
+LAYOUTS = {
+    "modules": (("vision_tower.", "model.vision_tower."),
+                ("multi_modal_projector.", "model.multi_modal_projector."),
+                ("language_model.model.", "model.language_model."),
+                ("language_model.lm_head.", "lm_head.")),
+    "vision_model": (("vision_tower.", "vision_tower.vision_model."),),
+}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_every_checkpoint_layout_converts_to_the_same_tree(layout, tmp_path):
+    from safetensors.numpy import save_file
+
+    def rename(name: str) -> str:
+        for old, new in LAYOUTS[layout]:
+            if name.startswith(old):
+                return new + name[len(old):]
+        return name
+
+    tensors = hf_files.read_weights(FIXTURE)
+    save_file({rename(name): array for name, array in tensors.items()},
+              str(tmp_path / "model.safetensors"))
+    shutil.copy(FIXTURE / "config.json", tmp_path / "config.json")
+    reference, converted = convert_hf(str(FIXTURE)), convert_hf(str(tmp_path))
+    assert converted.unused == [] and converted.model == reference.model
+    expected, got = flatten(reference.params), flatten(converted.params)
+    assert sorted(got) == sorted(expected)
+    for path, array in expected.items():
+        np.testing.assert_array_equal(got[path], array, err_msg=path)
+
+
+@pytest.mark.parametrize("field, value", [("vision_feature_select_strategy", "full"),
+                                          ("vision_feature_layer", [-2, -1]),
+                                          ("multimodal_projector_bias", False)])
+def test_options_prefix_vlm_does_not_compute_are_refused(field, value):
+    config = json.loads((FIXTURE / "config.json").read_text()) | {field: value}
+    with pytest.raises(ValueError, match=field):
+        hf_llava.convert(config, Weights({}, source="llava"))
+
+
 def test_the_wrong_feature_layer_does_not_match():
     """Negative control: the image really shapes the logits, so the tolerance is tight."""
     expected = np.load(FIXTURE / "expected.npz")
     logits = our_logits(FIXTURE, expected, feature_layer=-1)
     assert np.abs(logits - expected["logits"]).max() > 100 * TOLERANCE
+
+
+def test_init_from_the_directory_fills_the_whole_model():
+    """config.init_from = a LLaVA directory: every parameter of a fresh prefix_vlm replaced."""
+    converted = convert_hf(str(FIXTURE))
+    model = models.build_model(ml_collections.ConfigDict(converted.model), converted.vocab_size)
+    images, tokens = jnp.zeros((1, 32, 32, 3)), jnp.full((1, 16), 63, jnp.int32)
+    shapes = nn.unbox(jax.eval_shape(model.init, jax.random.key(0), images, tokens)["params"])
+    fresh = jax.tree_util.tree_map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), shapes)
+    state = TrainState(jnp.zeros((), jnp.int32), fresh, (), None)
+    loaded = flatten(load_into(state, str(FIXTURE), verbose=False).params)
+    expected = flatten(converted.params)
+    assert sorted(loaded) == sorted(expected)
+    for path, array in expected.items():
+        np.testing.assert_array_equal(np.asarray(loaded[path]), array, err_msg=path)
 
 
 def test_llava_logits_match_live_transformers(tmp_path):
