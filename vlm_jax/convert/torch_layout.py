@@ -7,6 +7,8 @@ checkpoint's fused [out, in] matrices are transposed and split per head.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 # Hugging Face `hidden_act` -> our layers.ACTIVATIONS name.
@@ -53,6 +55,26 @@ class Weights:
 
     def unused(self) -> list[str]:
         return sorted(set(self._tensors) - self._taken)
+
+    def renamed(self, rename: Callable[[str], str | None]) -> Weights:
+        """A view of the tensors under `rename(name)` (None: left out of the view), so a
+        sub-model's converter reads a composite checkpoint under the names it knows; taking
+        from the view marks the original as used here."""
+        return _RenamedWeights(self, rename)
+
+
+class _RenamedWeights(Weights):
+    def __init__(self, parent: Weights, rename: Callable[[str], str | None]):
+        self._parent = parent
+        self._original = {new: old for old in parent._tensors
+                          if (new := rename(old)) is not None}
+        super().__init__({new: parent._tensors[old] for new, old in self._original.items()},
+                         parent.source)
+
+    def take(self, name: str) -> np.ndarray:
+        array = super().take(name)
+        self._parent.take(self._original[name])
+        return array
 
 
 def dense(weights: Weights, name: str, bias: bool = True) -> dict:
