@@ -25,7 +25,7 @@ TINY_BATCH = 128
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, tiny=False, stage=1, init_from="", variant="B/16", batch=256,
+    arg = parse_arg(arg, tiny=False, stage=1, init_from="", variant="B/16", batch=0,
                     steps=0, image_size=0, text_length=0)
     if arg.stage not in STAGES:
         raise ConfigError(f"config arg stage={arg.stage}: only stage 1 (the Q-Former with "
@@ -65,8 +65,9 @@ def get_config(arg=None):
         # measured ~55-80 examples/s on 2 cores, so :tiny takes 300 steps of batch 128 (~8 min
         # with compile and evals) instead of SigLIP tiny's 600 of 256.
         c.total_steps = arg.steps or TINY_STEPS
-        c.batch_size = arg.batch if arg.batch != 256 else TINY_BATCH
+        c.batch_size = arg.batch or TINY_BATCH  # batch 0: the variant's own
     else:
         common.full_run(c, arg)
+        c.batch_size = arg.batch or 256
         c.data.text_length = 32  # BLIP-2's max_txt_len
     return c

@@ -18,7 +18,7 @@ from vlm_jax.data.tokenizer import PAD_ID
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, tiny=False, variant="B/16", batch=256, steps=0, image_size=0,
+    arg = parse_arg(arg, tiny=False, variant="B/16", batch=0, steps=0, image_size=0,
                     text_length=0)
     c = common.base_config()
     c.trainer = "maskvlm"
@@ -46,10 +46,11 @@ def get_config(arg=None):
                                          width=64, mlp_dim=256)
         c.model.cross = dict(depth=1, num_heads=4, mlp_dim=256)
         common.tiny_run(c, arg)
-        c.batch_size = arg.batch if arg.batch != 256 else 32
+        c.batch_size = arg.batch or 32  # batch 0: the variant's own
         c.total_steps = arg.steps or 300
         c.optim.warmup_steps = 30
         c.evals.retrieval_size = 250  # x 16 candidates x 2 directions x 2 splits ITM passes
     else:
         common.full_run(c, arg)
+        c.batch_size = arg.batch or 256
     return c
