@@ -77,3 +77,23 @@ def pair_model_loss_fn(model, term: Term):
         return loss, {**metrics, "logit_scale": extras["logit_scale"]}
 
     return loss_fn
+
+
+def term_weights(loss_config: ml_collections.ConfigDict, names: tuple[str, ...]) -> dict:
+    """{term: loss.<term>_weight} (default 1; 0 switches a term off) for a multi-term family."""
+    return {name: float(loss_config.get(f"{name}_weight", 1.0)) for name in names}
+
+
+def weighted_sum(compute: dict[str, Callable], weights: dict[str, float]):
+    """(sum of weight x term, metrics) over the terms with a nonzero weight, in `weights`'
+    order; `compute[name]()` -> (value, term metrics) runs only for those, so a switched-off
+    term costs nothing. Metrics: "<name>_loss" and "<name>_<metric>" of each term, "loss"."""
+    total, metrics = 0.0, {}
+    for name, weight in weights.items():
+        if weight:
+            value, term_metrics = compute[name]()
+            total = total + weight * value
+            metrics[f"{name}_loss"] = value
+            metrics.update({f"{name}_{k}": v for k, v in term_metrics.items() if k != "loss"})
+    metrics["loss"] = total
+    return total, metrics

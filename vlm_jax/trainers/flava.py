@@ -50,14 +50,10 @@ def swap_captions(rng: jax.Array, text_tokens: jax.Array, rate: float):
     return texts, (~swapped).astype(jnp.int32)
 
 
-def _weights(loss_config) -> dict[str, float]:
-    return {name: float(loss_config.get(f"{name}_weight", 1.0)) for name in TERMS}
-
-
 def make_loss_fn(model: flava.Flava, config: ml_collections.ConfigDict, mesh=None):
     """loss_fn(params, batch, rng) -> (loss, metrics): see the module docstring."""
     loss_config, mim = config.loss, config.mim
-    weights = _weights(loss_config)
+    weights = terms.term_weights(loss_config, TERMS)
     patch = model.image["patch_size"]
     grid = config.data.image_size // patch
     num_masked, min_block = masking.beit_mask_sizes(grid, grid, mim.mask_ratio)
@@ -115,14 +111,7 @@ def combine(outputs: dict, image_targets, patch_mask, text_targets, mlm_mask, it
             outputs["mmm_text_logits"], text_targets, mlm_mask & positive),
         "itm": lambda: masking_losses.matching_loss(outputs["itm_logits"], itm_labels),
     }
-    total, metrics = 0.0, {}
-    for name in TERMS:
-        if weights[name]:
-            value, term_metrics = compute[name]()
-            total = total + weights[name] * value
-            metrics[f"{name}_loss"] = value
-            metrics.update({f"{name}_{k}": v for k, v in term_metrics.items() if k != "loss"})
-    metrics["loss"] = total
+    total, metrics = terms.weighted_sum(compute, weights)
     metrics["logit_scale"] = outputs["logit_scale"]
     return total, metrics
 

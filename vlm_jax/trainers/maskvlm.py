@@ -71,10 +71,6 @@ def pretrain_outputs(module: maskvlm.MaskVLM, images, text_tokens, patch_mask, m
     }
 
 
-def _weights(loss_config) -> dict[str, float]:
-    return {name: float(loss_config.get(f"{name}_weight", 1.0)) for name in TERMS}
-
-
 def mask_token_ids(config: ml_collections.ConfigDict) -> tuple[int, list[int]]:
     """([MASK]'s id, ids never drawn as MLM's random replacement: specials, pad, BOS, EOS)."""
     tokenizer = tokenizers.load_tokenizer(config.data)
@@ -89,7 +85,7 @@ def mask_token_ids(config: ml_collections.ConfigDict) -> tuple[int, list[int]]:
 def make_loss_fn(model: maskvlm.MaskVLM, config: ml_collections.ConfigDict, mesh=None):
     """loss_fn(params, batch, rng) -> (loss, metrics): see the module docstring."""
     loss_config, mask_config = config.loss, config.mask
-    weights = _weights(loss_config)
+    weights = terms.term_weights(loss_config, TERMS)
     patch = model.image["patch_size"]
     num_patches = (config.data.image_size // patch) ** 2
     mask_id, avoid = mask_token_ids(config)
@@ -126,14 +122,7 @@ def combine(outputs: dict, pixel_targets, patch_mask, text_tokens, mlm_mask,
         "mlm": lambda: masking_losses.masked_cross_entropy(outputs["token_logits"], text_tokens,
                                                            mlm_mask),
     }
-    total, metrics = 0.0, {}
-    for name in TERMS:
-        if weights[name]:
-            value, term_metrics = compute[name]()
-            total = total + weights[name] * value
-            metrics[f"{name}_loss"] = value
-            metrics.update({f"{name}_{k}": v for k, v in term_metrics.items() if k != "loss"})
-    metrics["loss"] = total
+    total, metrics = terms.weighted_sum(compute, weights)
     metrics["logit_scale"] = outputs["logit_scale"]
     return total, metrics
 
