@@ -34,7 +34,7 @@ STAGE2_TINY_BATCH = 64
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, tiny=False, stage=1, init_from="", variant="B/16", batch=256,
+    arg = parse_arg(arg, tiny=False, stage=1, init_from="", variant="B/16", batch=0,
                     steps=0, image_size=0, text_length=0, stage1="", lm="", smollm2=False,
                     train_lm=False)
     if arg.stage not in STAGES:
@@ -76,9 +76,10 @@ def get_config(arg=None):
         # measured ~55-80 examples/s on 2 cores, so :tiny takes 300 steps of batch 128 (~8 min
         # with compile and evals) instead of SigLIP tiny's 600 of 256.
         c.total_steps = arg.steps or TINY_STEPS
-        c.batch_size = arg.batch if arg.batch != 256 else TINY_BATCH
+        c.batch_size = arg.batch or TINY_BATCH  # batch 0: the variant's own
     else:
         common.full_run(c, arg)
+        c.batch_size = arg.batch or 256
         c.data.text_length = 32  # BLIP-2's max_txt_len
     return c
 
@@ -99,14 +100,13 @@ def _stage2(arg):
     c.init_from = qformer_lm.init_from(arg.stage1, c.model.qformer,
                                        "smollm2" if arg.smollm2 else arg.lm)
     backbone_lm.generative_evals(c)
-    batch = 0 if arg.batch == 256 else arg.batch  # 256: the arg's default (untouched)
     if arg.tiny:
         c.optim.warmup_steps = 50
         c.log_every, c.checkpoint_every = 25, 200
         common.apply_run_args(c, arg, steps=STAGE2_TINY_STEPS, image_size=32, text_length=24)
-        c.batch_size = batch or STAGE2_TINY_BATCH
+        c.batch_size = arg.batch or STAGE2_TINY_BATCH  # batch 0: the variant's own
     else:
         common.full_run(c, arg)
-        c.batch_size = batch or 256
+        c.batch_size = arg.batch or 256
         c.optim.lr, c.optim.weight_decay = 1e-4, 0.05  # BLIP-2 stage 2 (cosine to 5e-5)
     return c

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import blip2, common, minigpt4
+from configs import blip2, common, minigpt4, qformer_lm
 from tests.data.word_tokenizer import WordTokenizer
 from vlm_jax import models, optim
 from vlm_jax.configlib import ConfigError
@@ -197,3 +197,57 @@ def test_config_errors_and_init_entries():
     assert two.init_from == "runs/m1" and two.data.format == "prefix_lm"
     assert two.data.prompt_image_tokens == two.model.qformer.num_queries == 8
     assert two.optim.param_rules == minigpt4.FROZEN
+
+
+def _shrunk(module, arg: str):
+    """A config of `arg` at the smallest sizes (the same in every stage, so workdirs load)."""
+    c = module.get_config(arg + ",steps=2,batch=8")
+    c.model.image = common.tower("", width=32, depth=1, num_heads=2, mlp_dim=64, patch_size=8,
+                                 pool="map")
+    c.model.qformer.update(width=16, depth=2, num_heads=2, mlp_dim=32, num_queries=QUERIES)
+    if "lm" in c.model:
+        c.model.lm.update(width=32, depth=1, num_heads=4, num_kv_heads=2, head_dim=8,
+                          mlp_dim=64)
+    if c.data.get("format") == "prefix_lm":
+        c.data.prompt_image_tokens = QUERIES
+    c.log_every, c.checkpoint_every, c.evals.names = 1, 2, ()
+    return c
+
+
+@pytest.mark.slow  # four short loop.train runs (~1-2 min on a busy 2-core machine)
+def test_stages_train_through_the_loop_and_load_each_other(tmp_path, capsys):
+    """BLIP-2 stage 1 -> stage 2 and -> MiniGPT-4 stage 1 -> stage 2, two steps each: every
+    init_from map fits, the losses are finite, and MiniGPT-4's frozen Q-Former and image tower
+    leave stage 2 equal to BLIP-2 stage 1's."""
+    from vlm_jax import loop
+    from vlm_jax.convert import hf
+    from vlm_jax.init_from import load_into
+    runs = {name: str(tmp_path / name) for name in ("b1", "b2", "m1", "m2")}
+    loop.train(_shrunk(blip2, "tiny"), runs["b1"])
+    configs = {"b2": _shrunk(blip2, f"tiny,stage=2,stage1={runs['b1']}"),
+               "m1": _shrunk(minigpt4, f"tiny,stage=1,blip2={runs['b1']}"),
+               "m2": _shrunk(minigpt4, f"tiny,stage=2,stage1={runs['m1']}")}
+    for name, config in configs.items():
+        metrics = loop.train(config, runs[name])
+        assert np.isfinite(metrics["loss"]), (name, metrics)
+    assert "init_from 'qformer/layer0/cross_attention' <- " in capsys.readouterr().out
+    state = _fresh_state(configs["m2"])
+    final = hf.flatten(load_into(state, runs["m2"], verbose=False).params)
+    from_b1 = qformer_lm.stage1_entries(runs["b1"], configs["m2"].model.qformer)
+    first = hf.flatten(load_into(state, from_b1, verbose=False).params)
+    frozen = [p for p in final if p.split("/")[0] in ("image_tower", "qformer")]
+    assert len(frozen) > 20
+    for path in frozen:
+        np.testing.assert_array_equal(np.asarray(final[path]), np.asarray(first[path]), path)
+    # The projector trained (stage 1's and stage 2's steps moved it from its init).
+    assert any(np.any(np.asarray(final[p]) != np.asarray(first[p]))
+               for p in final if p.startswith("projector/"))
+
+
+def _fresh_state(config):
+    """A freshly initialised train state of `config` (what init_from loads into)."""
+    from vlm_jax import parallel, trainers
+    from vlm_jax.loop import build
+    mesh = parallel.make_mesh(config.mesh.to_dict())
+    trainer = trainers.get_trainer(config.trainer)
+    return build(config, trainer, 257, mesh, config.sharding_rules)[1]  # 256 + "<image>"
