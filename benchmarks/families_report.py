@@ -55,6 +55,16 @@ FAMILIES = {
     # Its ViT is frozen at random init here (no init_from): the row shows the Q-Former's
     # mechanics at equal steps, not BLIP-2 on a trained encoder.
     "blip2_tiny": ("BLIP-2 stage 1", "pretrained backbone", "configs/blip2.py:tiny"),
+    # On the row above (its image tower and Q-Former) and the world LM; MiniGPT-4's stage 2
+    # starts from its stage 1 row.
+    "blip2_2_tiny": ("BLIP-2 stage 2", "pretrained backbone",
+                     "configs/blip2.py:tiny,stage=2,stage1=runs/families/blip2_tiny,"
+                     "lm=runs/lm_tiny"),
+    "minigpt4_1_tiny": ("MiniGPT-4 stage 1", "pretrained backbone",
+                        "configs/minigpt4.py:tiny,stage=1,blip2=runs/families/blip2_tiny,"
+                        "lm=runs/lm_tiny"),
+    "minigpt4_tiny": ("MiniGPT-4", "pretrained backbone",
+                      "configs/minigpt4.py:tiny,stage=2,stage1=runs/families/minigpt4_1_tiny"),
 }
 JUDGE = "siglip_tiny"  # scores other runs' captions (CLIPScore)
 EMBEDDING_EVALS = ("zeroshot", "retrieval", "compositional")

@@ -83,8 +83,10 @@ def test_scorer_similarity_is_the_max_over_queries(setup):
 
 
 def test_config_errors():
-    with pytest.raises(ConfigError, match="stage=2"):
-        blip2_config.get_config("tiny,stage=2")
+    with pytest.raises(ConfigError, match="stage=3"):
+        blip2_config.get_config("tiny,stage=3")
+    # Stage 2 is the prefix_lm trainer's (tests/trainers/test_qformer_lm.py).
+    assert blip2_config.get_config("tiny,stage=2").trainer == "prefix_lm"
     config = blip2_config.get_config("tiny")
     assert config.model.cls_id == config.data.vocab_size  # [CLS], [DEC] after the base vocabulary
     assert config.data.special_tokens == ("[CLS]", "[DEC]")

@@ -1,8 +1,10 @@
 """VLMs built on a pretrained LM: image features become token embeddings of the LM's sequence.
 
     images ─ ViT (image_tower) ─┬─ "prefix" (Frozen):  pooled [B, D_v] ─ Dense ─ n embeddings
-                                └─ "patches" (LLaVA):  hidden_states[feature_layer] patch
-                                                       tokens [B, N, D_v] ─ projector
+                                ├─ "patches" (LLaVA):  hidden_states[feature_layer] patch
+                                │                      tokens [B, N, D_v] ─ projector
+                                └─ "qformer" (BLIP-2 stage 2, MiniGPT-4): final tokens
+                                   [B, S, D_v] ─ Q-Former's Q queries [B, Q, D_q] ─ projector
            ─ image embeddings [B, N, D] ─┐
     tokens [B, T] ─ lm.embed ────────────┴─ merge: the k-th placeholder (image_token_id) of a
            row takes the row's k-th image embedding ─ lm (causal) ─ logits [B, T, V]
@@ -11,8 +13,12 @@ Frozen (Tsimpoukelli et al., 2021): a trained vision encoder and a linear map to
 embeddings (our default n = 2), the LM frozen. LLaVA (Liu et al., 2023): CLIP-style features
 below the last block, CLS dropped, through a linear projector (LLaVA) or Linear-GELU-Linear
 (LLaVA-1.5), placed where the chat template's image placeholders stand. Both attend causally
-over the whole sequence (neither uses a prefix-LM mask). What trains is the config's
-`optim.param_rules`, not the model's concern.
+over the whole sequence (neither uses a prefix-LM mask). BLIP-2 stage 2 (Li et al., 2023) and
+MiniGPT-4 (Zhu et al., 2023): the stage-1 Q-Former (vlm_jax/models/qformer.py, queries only,
+its parameter names kept so a BLIP-2 stage-1 workdir loads into `image_tower` and `qformer`)
+reads the image tower's final tokens, and one linear layer (`projector`, BLIP-2's
+language_projection) maps its Q query outputs to Q soft-prompt embeddings. What trains is the
+config's `optim.param_rules`, not the model's concern.
 
 The placeholder may lie outside the LM's vocabulary (an added special of a pretrained LM's
 tokenizer): placeholders are never embedded by the LM, only replaced, and never predicted.
@@ -32,9 +38,10 @@ import ml_collections
 
 from vlm_jax.models import layers, sizes
 from vlm_jax.models import lm as lm_module
+from vlm_jax.models.qformer import QFormer
 from vlm_jax.models.vit import ViT
 
-CONNECTORS = ("prefix", "patches")
+CONNECTORS = ("prefix", "patches", "qformer")
 PROJECTORS = ("linear", "mlp")
 
 
@@ -67,13 +74,16 @@ class PrefixVLM(nn.Module):
 
     `image`: ViT kwargs (its own pool; "patches" reads `feature_layer` instead). `language`:
     the LM's kwargs (vlm_jax.models.lm.LM fields, vocab_size included). `connector` "prefix":
-    `num_prefix_tokens` embeddings from the pooled feature (Frozen); "patches": one per patch.
+    `num_prefix_tokens` embeddings from the pooled feature (Frozen); "patches": one per patch;
+    "qformer": one per query of the Q-Former, whose fields (sizes, num_queries, ...) are
+    `qformer_sizes`, through a linear `projector`.
     """
 
     image: dict[str, Any]
     language: dict[str, Any]
     image_token_id: int
     connector: str = "patches"
+    qformer_sizes: dict[str, Any] | None = None  # the QFormer's fields (model.qformer)
     projector: str = "linear"
     projector_activation: str = "gelu_exact"  # HF LLaVA's "gelu" is the erf form
     num_prefix_tokens: int = 2
@@ -86,6 +96,9 @@ class PrefixVLM(nn.Module):
     def setup(self):
         if self.connector not in CONNECTORS:
             raise ValueError(f"model.connector {self.connector!r} must be one of {CONNECTORS}")
+        if self.connector == "qformer" and not self.qformer_sizes:
+            raise ValueError('model.connector "qformer" needs a model.qformer section (the '
+                             "Q-Former's sizes and num_queries, as BLIP-2 stage 1's)")
         feature_layer = self.feature_layer if self.connector == "patches" else None
         self.image_tower = ViT(**{"execution": self.execution, **self.image},
                                feature_layer=feature_layer, dtype=self.dtype)
@@ -96,6 +109,11 @@ class PrefixVLM(nn.Module):
             self.prefix = nn.Dense(self.num_prefix_tokens * width, dtype=self.dtype,
                                    kernel_init=layers.dense_init((None, "embed")),
                                    bias_init=layers.zeros_init(("embed",)), name="prefix")
+        elif self.connector == "qformer":
+            # Queries only (no word table): the stage-1 names, so its workdir loads as is.
+            self.qformer = QFormer(**{"execution": self.execution, **self.qformer_sizes},
+                                   text=False, dtype=self.dtype, name="qformer")
+            self.projection = Projector(width, "linear", dtype=self.dtype, name="projector")
         else:
             self.projection = Projector(width, self.projector, self.projector_activation,
                                         self.dtype, name="projector")
@@ -104,6 +122,8 @@ class PrefixVLM(nn.Module):
         """Placeholders per image at this image size."""
         if self.connector == "prefix":
             return self.num_prefix_tokens
+        if self.connector == "qformer":
+            return self.qformer_sizes["num_queries"]
         return (image_size // self.image["patch_size"]) ** 2
 
     def image_embeddings(self, images: jax.Array) -> jax.Array:
@@ -114,11 +134,19 @@ class PrefixVLM(nn.Module):
             batch, count = images.shape[:2]
             flat = self.image_embeddings(images.reshape(batch * count, *images.shape[2:]))
             return flat.reshape(batch, count * flat.shape[1], flat.shape[2])
+        if self.connector == "qformer":
+            return self.projection(self.query_outputs(images))  # [B, Q, D]
         pooled, extras = self.image_tower(images)
         if self.connector == "prefix":
             prefix = self.prefix(pooled)  # [B, n * D]
             return prefix.reshape(pooled.shape[0], self.num_prefix_tokens, -1)
         return self.projection(extras["feature_tokens"])
+
+    def query_outputs(self, images: jax.Array) -> jax.Array:
+        """images [B, S, S, 3] -> the Q-Former's query outputs [B, Q, D_q] over the image
+        tower's final-normed tokens (BLIP-2 stage 1's `image_features`), before the projector."""
+        _, extras = self.image_tower(images)
+        return self.qformer(extras["tokens"], None)
 
     def embed_tokens(self, tokens: jax.Array) -> jax.Array:
         """LM embeddings [B, T, D] of tokens; placeholders (maybe outside the LM's vocabulary)
@@ -163,10 +191,14 @@ class PrefixVLM(nn.Module):
 def from_config(model_config: ml_collections.ConfigDict, vocab_size: int,
                 dtype=jnp.float32) -> PrefixVLM:
     """`model.name = "prefix_vlm"`: `model.lm.vocab_size` 0 takes the tokenizer's; set it to
-    a pretrained LM's own size when the tokenizer adds the placeholder after it."""
+    a pretrained LM's own size when the tokenizer adds the placeholder after it.
+    `model.qformer` (connector "qformer"): the Q-Former's section, as configs/blip2.py's."""
     language = dict(model_config.lm.to_dict())
     language["vocab_size"] = language.get("vocab_size") or vocab_size
+    qformer = None
+    if "qformer" in model_config:  # no word table: vocab_size 0 builds nothing
+        qformer = sizes.sequence_kwargs(model_config.qformer, vocab_size=0)
     return PrefixVLM(
-        image=sizes.tower_kwargs(model_config.image), language=language,
+        image=sizes.tower_kwargs(model_config.image), language=language, qformer_sizes=qformer,
         execution=layers.Execution(**model_config.get("execution", {})),
-        **sizes.model_fields(PrefixVLM, model_config, ("image", "lm")), dtype=dtype)
+        **sizes.model_fields(PrefixVLM, model_config, ("image", "lm", "qformer")), dtype=dtype)

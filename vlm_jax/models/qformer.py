@@ -74,6 +74,8 @@ class QFormer(nn.Module):
     image_features float [B, S, C] (the frozen image encoder's tokens) or None: with them the
     `num_queries` learned queries lead the sequence and cross-attend to them; without, the
     text runs alone (Q = 0). text_tokens int [B, L] (right-padded with `pad_id`) or None.
+    `text` False builds no word and position tables (BLIP-2 stage 2 and MiniGPT-4 read the
+    queries alone): such a Q-Former takes text_tokens None only.
     text_mask_ar int [L] or [B, L]: 0 bidirectional text, 1 causal (default 0). Padded text
     rows are meaningless (they see nothing); callers mask them out.
     """
@@ -91,6 +93,7 @@ class QFormer(nn.Module):
     activation: str = "gelu_exact"
     dtype: jnp.dtype = jnp.float32
     execution: layers.Execution = layers.Execution()
+    text: bool = True
 
     def setup(self):
         if self.num_queries < 1:
@@ -102,12 +105,13 @@ class QFormer(nn.Module):
         self.query_tokens = self.param(
             "query_tokens", nn.with_logical_partitioning(normal, (None, "embed")),
             (self.num_queries, self.width))
-        self.token_embedding = nn.Embed(
-            self.vocab_size, self.width, dtype=self.dtype,
-            embedding_init=nn.with_logical_partitioning(normal, ("vocab", "embed")))
-        self.pos_embedding = self.param(
-            "pos_embedding", nn.with_logical_partitioning(normal, (None, "embed")),
-            (self.max_len, self.width))
+        if self.text:
+            self.token_embedding = nn.Embed(
+                self.vocab_size, self.width, dtype=self.dtype,
+                embedding_init=nn.with_logical_partitioning(normal, ("vocab", "embed")))
+            self.pos_embedding = self.param(
+                "pos_embedding", nn.with_logical_partitioning(normal, (None, "embed")),
+                (self.max_len, self.width))
         self.embedding_norm = layers.LayerNorm(self.dtype, self.ln_eps)
         # Unrolled and never rematerialised: the layers alternate in structure (with and
         # without cross-attention) and take the query count as a Python int.
@@ -121,6 +125,9 @@ class QFormer(nn.Module):
 
     def embed_text(self, text_tokens: jax.Array) -> jax.Array:
         """Word + position embeddings [B, L, D], before the embedding LayerNorm."""
+        if not self.text:
+            raise ValueError("this Q-Former was built with text=False (queries only); it has "
+                             "no word table to embed text tokens with")
         length = text_tokens.shape[1]
         if length > self.max_len:
             raise ValueError(f"Q-Former text length {length} exceeds qformer.max_len "

@@ -1,12 +1,16 @@
-"""Training VLMs on a pretrained LM (Frozen, LLaVA stages 1 and 2): next-token cross-entropy
-on the supervised tokens of one causal sequence, image embeddings at its placeholders.
+"""Training VLMs on a pretrained LM (Frozen, LLaVA stages 1 and 2, BLIP-2 stage 2, MiniGPT-4):
+next-token cross-entropy on the supervised tokens of one causal sequence, image embeddings at
+its placeholders.
 
 The sequence of a batch, by `data.format`:
-  caption    (Frozen, LLaVA stage 1): BOS <image>*N caption EOS; loss on caption + EOS;
-  prefix_lm  (LLaVA stage 2): the chat template, BOS "user:" <image>*N question "assistant:"
-             answer EOS (multi-turn with data.chat_turns); loss on each answer + its EOS
-             (mask_loss), never on the instructions or role markers (LLaVA's rule).
-N = the model's image tokens per image (Frozen's n prefix embeddings, LLaVA's patches).
+  caption    (Frozen, LLaVA stage 1, BLIP-2 stage 2, MiniGPT-4 stage 1): BOS <image>*N caption
+             EOS; loss on caption + EOS;
+  prefix_lm  (LLaVA stage 2, MiniGPT-4 stage 2): the chat template, BOS "user:" <image>*N
+             question "assistant:" answer EOS (multi-turn with data.chat_turns); loss on each
+             answer + its EOS (mask_loss), never on the instructions or role markers (LLaVA's
+             rule).
+N = the model's image tokens per image (Frozen's n prefix embeddings, LLaVA's patches, the
+Q-Former's queries).
 The loss is the token mean over the batch (HF / LLaVA), position t predicting token t + 1.
 What trains is `optim.param_rules`: a frozen LM costs its forward and its activation gradients
 only (no weight gradients, no optimizer state).
@@ -40,9 +44,13 @@ _LENGTH_MULTIPLE = 16  # host-built sequences are padded to this: few distinct j
 
 
 def num_image_tokens(config: ml_collections.ConfigDict) -> int:
-    """Placeholders per image: Frozen's prefix size, or LLaVA's patch count at data.image_size."""
-    if config.model.get("connector", "patches") == "prefix":
+    """Placeholders per image: Frozen's prefix size, the Q-Former's query count (BLIP-2
+    stage 2, MiniGPT-4), or LLaVA's patch count at data.image_size."""
+    connector = config.model.get("connector", "patches")
+    if connector == "prefix":
         return config.model.num_prefix_tokens
+    if connector == "qformer":
+        return config.model.qformer.num_queries
     patch = sizes.tower_kwargs(config.model.image)["patch_size"]
     return (config.data.image_size // patch) ** 2
 
