@@ -73,6 +73,8 @@ def test_dry_run_prints_the_commands(tmp_path):
                              "--config.optim.lr=3e-3")
 
 
+# Slow: trains two runs (the plan, refusals and dry run stay in the default run).
+@pytest.mark.slow
 def test_two_tiny_runs_are_gathered_into_table_csv_and_plot(tmp_path):
     workdir = tmp_path / "sweep"
     args = ["--config=configs/siglip.py:tiny", f"--workdir={workdir}",

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from vlm_jax import configlib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -22,6 +24,8 @@ def test_clip_b16_flops_match_the_published_count():
     assert abs(flops / 1e9 - 123.26) / 123.26 < 0.001, flops / 1e9
 
 
+# Slow: a whole benchmark run; the FLOP count above checks its numbers in the default run.
+@pytest.mark.slow
 def test_tiny_smoke_run_prints_a_table():
     env = dict(os.environ, JAX_NUM_CPU_DEVICES="1")
     env["XLA_FLAGS"] = env.get("XLA_FLAGS", "").replace(

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 import sentencepiece as spm
 
 from vlm_jax import decoding, generation, restore
@@ -35,6 +36,8 @@ def tokenizer_with_open_clip_ids(path: Path, record: dict) -> Path:
     return path
 
 
+# Slow: converts, restores and decodes; test_coca_parity's golden fixture checks the layout.
+@pytest.mark.slow
 def test_cli_converts_default_layout_coca_into_a_workdir_restore_captions_from(tmp_path,
                                                                                 capsys):
     record = json.loads((FIXTURE / "config.json").read_text())
