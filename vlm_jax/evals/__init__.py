@@ -116,14 +116,10 @@ def _split_names(names: Sequence[str] | str) -> list[str]:
     return list(names)
 
 
-def needs_caption_model(names: Sequence[str] | str) -> bool:
-    """Whether any of the evals `names` is a generative one (wants a CaptionModel)."""
-    return any(name in GENERATIVE_EVALS for name in _split_names(names))
-
-
 def capabilities_needed(names: Sequence[str] | str, eval_config) -> dict[str, frozenset]:
     """{eval: the trainer capabilities it needs} for the evals `names` ("scorer",
-    "captioner"), after checking the names and their dataset specs (ValueError otherwise)."""
+    "captioner", "matcher"), after checking the names and their dataset specs (ValueError
+    otherwise)."""
     names = _split_names(names)
     known = [name for table in _EVALS_OF.values() for name in table]
     unknown = [name for name in names if name not in known]
