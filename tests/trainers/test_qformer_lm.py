@@ -12,6 +12,7 @@ import pytest
 
 from configs import blip2, common, minigpt4, qformer_lm
 from tests.data.word_tokenizer import WordTokenizer
+from tests.trainers.test_prefix_lm import built  # the same tiny build (IMAGE_ID + 1 ids)
 from vlm_jax import models, optim, parallel
 from vlm_jax.configlib import ConfigError
 from vlm_jax.data import formats
@@ -34,13 +35,6 @@ def tiny_config(module, arg: str):
     if c.data.format == "prefix_lm":
         c.data.update(text_length=24, prompt_image_tokens=QUERIES)
     return c
-
-
-def built(config):
-    model = models.build_model(config.model, IMAGE_ID + 1)
-    batch = {key: jnp.asarray(value) for key, value in prefix_lm.init_batch(config).items()}
-    params = nn.unbox(model.init(jax.random.PRNGKey(0), **batch)["params"])
-    return model, params
 
 
 def caption_batch(seed: int = 0) -> dict:
