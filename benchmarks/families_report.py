@@ -1,18 +1,20 @@
-"""Train (or load) every family's `:tiny` config at the same steps and batch on the world,
-evaluate each with the same eval sets, and write docs/families.md: one table of what each
-family can do, "—" where it cannot.
+"""Train (or load) every family's `:tiny` run on the world, evaluate each with the same eval
+sets, and write docs/families.md: one table of what each family can do, "—" where it cannot.
 
     python benchmarks/families_report.py              # train what is missing, evaluate, write
     python benchmarks/families_report.py --retrain    # start every run over
     python benchmarks/families_report.py --micro --steps=2 --out=/tmp/families.md  # smoke
 
 Runs live in --root (default runs/families; --micro: runs/families_micro), one folder per row of
-FAMILIES, all at --steps (default 300) and --batch (default 256), so the rows compare the
-families at equal compute on the same data. A finished run is reused; one for other steps is
-refused (--retrain). Each run is evaluated from its saved checkpoint with the evals its
-trainer can serve: embedding evals (zero-shot, retrieval, probes) through a scorer, generative
-evals (captioning, VQA, POPE) through a captioner. CLIPScore and the rest use the SigLIP run
-as the judge where a judge is needed. A new family adds its row to FAMILIES.
+FAMILIES. The contrastive and CoCa rows train at EQUAL_STEPS x EQUAL_BATCH, so the first-built
+families compare at equal compute; every later row trains its `:tiny` config as it stands (the
+run its time bar is measured on; the runs table gives its steps and batch). --steps / --batch
+override every row. Runs that rows start from (the world LM) are trained first into the same
+root (PREREQUISITES). A finished run is reused; one for other steps is refused (--retrain).
+Each run is evaluated from its saved checkpoint with the evals its trainer can serve: embedding
+evals (zero-shot, retrieval, probes) through a scorer, generative evals (captioning, VQA, POPE)
+through a captioner, ITM evals through a matcher. CLIPScore uses the SigLIP run as the judge.
+A new family adds its row to FAMILIES.
 """
 
 from __future__ import annotations
@@ -32,8 +34,11 @@ from benchmarks.reports import cell, table  # noqa: E402
 from vlm_jax import evals, restore  # noqa: E402
 from vlm_jax.data import world  # noqa: E402
 
-STEPS, BATCH = 300, 256  # every row's, unless --steps / --batch
-# run name -> (label, family, config). Order is the table's.
+EQUAL_STEPS, EQUAL_BATCH = 300, 256  # the rows in EQUAL_COMPUTE, unless --steps / --batch
+EQUAL_COMPUTE = ("clip_tiny", "siglip_tiny", "llip_tiny", "coca_tiny")
+# Runs other rows start from: name -> config, trained into the root before the rows.
+PREREQUISITES = {"lm_tiny": "configs/lm.py:tiny"}
+# run name -> (label, family, config); "{root}" is the runs folder. Order is the table's.
 FAMILIES = {
     "clip_tiny": ("CLIP", "contrastive", "configs/clip.py:tiny"),
     "siglip_tiny": ("SigLIP", "contrastive", "configs/siglip.py:tiny"),
@@ -45,12 +50,12 @@ FAMILIES = {
     "visualbert_tiny": ("Single stream", "masking", "configs/visualbert.py:tiny"),
     # On the world LM (configs/lm.py:tiny, trained into runs/lm_tiny as docs/backbones.md says)
     # and, for LLaVA, SigLIP's tower of this report; stage 2 starts from stage 1's row.
-    "frozen_tiny": ("Frozen", "pretrained backbone", "configs/frozen.py:tiny,lm=runs/lm_tiny"),
+    "frozen_tiny": ("Frozen", "pretrained backbone", "configs/frozen.py:tiny,lm={root}/lm_tiny"),
     "llava1_tiny": ("LLaVA stage 1", "pretrained backbone",
-                    "configs/llava.py:tiny,stage=1,image=runs/families/siglip_tiny,"
-                    "lm=runs/lm_tiny"),
+                    "configs/llava.py:tiny,stage=1,image={root}/siglip_tiny,"
+                    "lm={root}/lm_tiny"),
     "llava_tiny": ("LLaVA", "pretrained backbone",
-                   "configs/llava.py:tiny,stage=2,stage1=runs/families/llava1_tiny"),
+                   "configs/llava.py:tiny,stage=2,stage1={root}/llava1_tiny"),
     "maskvlm_tiny": ("MaskVLM", "masking", "configs/maskvlm.py:tiny"),
     # Its ViT is frozen at random init here (no init_from): the row shows the Q-Former's
     # mechanics at equal steps, not BLIP-2 on a trained encoder.
@@ -58,13 +63,13 @@ FAMILIES = {
     # On the row above (its image tower and Q-Former) and the world LM; MiniGPT-4's stage 2
     # starts from its stage 1 row.
     "blip2_2_tiny": ("BLIP-2 stage 2", "pretrained backbone",
-                     "configs/blip2.py:tiny,stage=2,stage1=runs/families/blip2_tiny,"
-                     "lm=runs/lm_tiny"),
+                     "configs/blip2.py:tiny,stage=2,stage1={root}/blip2_tiny,"
+                     "lm={root}/lm_tiny"),
     "minigpt4_1_tiny": ("MiniGPT-4 stage 1", "pretrained backbone",
-                        "configs/minigpt4.py:tiny,stage=1,blip2=runs/families/blip2_tiny,"
-                        "lm=runs/lm_tiny"),
+                        "configs/minigpt4.py:tiny,stage=1,blip2={root}/blip2_tiny,"
+                        "lm={root}/lm_tiny"),
     "minigpt4_tiny": ("MiniGPT-4", "pretrained backbone",
-                      "configs/minigpt4.py:tiny,stage=2,stage1=runs/families/minigpt4_1_tiny"),
+                      "configs/minigpt4.py:tiny,stage=2,stage1={root}/minigpt4_1_tiny"),
 }
 JUDGE = "siglip_tiny"  # scores other runs' captions (CLIPScore)
 EMBEDDING_EVALS = ("zeroshot", "retrieval", "compositional")
@@ -85,11 +90,20 @@ COLUMNS = (
 )
 
 
-def plan(steps: int, batch: int, micro: bool) -> dict:
-    """{run name: config} of every row, at the same steps and batch."""
-    return {name: reports.run_config(spec, steps or STEPS, batch or (16 if micro else BATCH),
-                                     micro)
-            for name, (_, _, spec) in FAMILIES.items()}
+def specs(root: str) -> dict:
+    """{run name: config spec} of the prerequisites, then the rows, with `root` filled in."""
+    return {**PREREQUISITES, **{name: spec.format(root=root)
+                                for name, (_, _, spec) in FAMILIES.items()}}
+
+
+def plan(specs: dict, steps: int, batch: int, micro: bool) -> dict:
+    """{run name: config}: EQUAL_COMPUTE rows at EQUAL_STEPS x EQUAL_BATCH, the rest as their
+    configs say; --steps / --batch (and --micro's batch 16) override every run."""
+    batch = batch or (16 if micro else 0)
+    return {name: reports.run_config(
+                spec, steps or (EQUAL_STEPS if name in EQUAL_COMPUTE else 0),
+                batch or (EQUAL_BATCH if name in EQUAL_COMPUTE else 0), micro)
+            for name, spec in specs.items()}
 
 
 def evaluate(run: restore.RestoredRun, eval_config) -> dict[str, float]:
@@ -107,11 +121,11 @@ def parameter_count(run: restore.RestoredRun) -> int:
     return sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(run.params))
 
 
-def markdown(results: dict, configs: dict, facts: dict, setup: dict) -> str:
-    """docs/families.md from each run's results and facts (parameters, training outcome)."""
-    header = ["model", "family", "parameters", "training"] + [name for name, _ in COLUMNS]
-    rows = [[FAMILIES[name][0], FAMILIES[name][1], f"{facts[name]['parameters'] / 1e6:.2f} M",
-             reports.describe_training(facts[name]["outcome"])]
+def markdown(results: dict, configs: dict, parameters: dict, setup: dict) -> str:
+    """docs/families.md from each row's results and parameter count, and every run's config
+    and training outcome (`setup`)."""
+    header = ["model", "family", "parameters"] + [name for name, _ in COLUMNS]
+    rows = [[FAMILIES[name][0], FAMILIES[name][1], f"{parameters[name] / 1e6:.2f} M"]
             + [cell(result, key) for _, key in COLUMNS]
             for name, result in results.items()]
     pooled = {key: value for result in results.values() for key, value in result.items()}
@@ -120,17 +134,18 @@ def markdown(results: dict, configs: dict, facts: dict, setup: dict) -> str:
               "retrieval/val/i2t_r1": "retrieval/val/chance_r1",
               "retrieval/val/t2i_r1": "retrieval/val/chance_r1",
               "vqa/val/overall": "vqa/val/chance"}
-    rows.append(["chance", "", "", ""] + [
+    rows.append(["chance", "", ""] + [
         cell(pooled, chance[key]) if key in chance else "0.500" if key.endswith("/acc2") else "—"
         for _, key in COLUMNS])
     # Blind baselines: the probes' image-free scores; VQA's answer prior (the most frequent
     # train answer per question kind).
     blind = {key: key.replace("/acc2", "/blind_acc2") for _, key in COLUMNS
              if key.endswith("/acc2")} | {"vqa/val/overall": "vqa/val/prior_overall"}
-    rows.append(["blind (no image)", "", "", ""] + [
+    rows.append(["blind (no image)", "", ""] + [
         cell(pooled, blind[key]) if key in blind else "—" for _, key in COLUMNS])
-    runs = table(["run", "config", "steps × batch"], [
-        [name, f"`{FAMILIES[name][2]}`", f"{config.total_steps} × {config.batch_size}"]
+    runs = table(["run", "config", "steps × batch", "training"], [
+        [name, f"`{setup['specs'][name]}`", f"{config.total_steps} × {config.batch_size}",
+         reports.describe_training(setup["outcomes"][name])]
         for name, config in configs.items()])
     return TEMPLATE.format(command=setup["command"], runs=runs, scores=table(header, rows),
                            eval_sizes=", ".join(f"{k}={v}" for k, v in
@@ -145,11 +160,13 @@ Written by `benchmarks/families_report.py` (do not edit by hand; rerun it):
 
 {runs}
 
-Every run trains its family's `:tiny` config on the synthetic world at the same steps and batch,
-and is evaluated from its saved checkpoint with the same eval sets ({eval_sizes}; val split,
-seed 0). A cell is "—" where a family cannot do the task (a two-tower model has no decoder to
-caption with). Training times are wall clock on the machine that ran the report (2 CPU cores
-for the committed page).
+Every run trains its family's `:tiny` config on the synthetic world (CLIP, SigLIP, Llip and CoCa
+at the same 300 steps × 256, the later families at their `:tiny` configs' own steps and batch:
+the runs above), and is evaluated from its saved checkpoint with the same eval sets ({eval_sizes};
+val split, seed 0). A cell is "—" where a family cannot do the task (a two-tower model has no
+decoder to caption with). Training times are wall clock (and CPU seconds, all threads) on the
+machine that ran the report (2 CPU cores for the committed page); the table below lists only the
+rows, the runs table also the world LM they start from.
 
 - **zero-shot / held-out pairs**: top-1 over the 24 colour × shape classes seen in training and
   the 28 pairs never captioned together in training (`vlm_jax/evals/zeroshot.py`).
@@ -167,18 +184,18 @@ for the committed page).
 def main(argv: list[str] | None = None) -> None:
     args = reports.arg_parser(__doc__.splitlines()[0], "families").parse_args(argv)
     root = reports.root(args, "families")
-    configs = plan(args.steps, args.batch, args.micro)
-    specs = {name: spec for name, (_, _, spec) in FAMILIES.items()}
-    outcomes = reports.train_all(configs, specs, root, args.retrain)
+    run_specs = specs(root)
+    configs = plan(run_specs, args.steps, args.batch, args.micro)
+    outcomes = reports.train_all(configs, run_specs, root, args.retrain)
 
     eval_config = configs["coca_tiny"].evals
     eval_config.clipscore_workdir = os.path.join(root, JUDGE)
     started = time.perf_counter()
-    results, facts = {}, {}
-    for name in configs:
+    results, parameters = {}, {}
+    for name in FAMILIES:
         run = restore.restore_run(os.path.join(root, name))
         results[name] = evaluate(run, eval_config)
-        facts[name] = {"parameters": parameter_count(run), "outcome": outcomes[name]}
+        parameters[name] = parameter_count(run)
     print(f"evaluated in {time.perf_counter() - started:.0f} s")
     print(evals.format_table({f"{name}:{key}": value for name, result in results.items()
                               for key, value in result.items()}))
@@ -188,10 +205,11 @@ def main(argv: list[str] | None = None) -> None:
     sizes = {key: eval_config[key] for key in ("zeroshot_size", "retrieval_size", "probe_size",
                                                "captioning_size", "vqa_size", "pope_size")}
     with open(args.out, "w") as f:
-        f.write(markdown(results, configs, facts,
-                         {"command": command.strip(), "eval_sizes": sizes}))
+        f.write(markdown(results, configs, parameters,
+                         {"command": command.strip(), "eval_sizes": sizes, "specs": run_specs,
+                          "outcomes": outcomes}))
     with open(os.path.join(root, "report_results.json"), "w") as f:
-        json.dump({"results": results, "parameters": {n: facts[n]["parameters"] for n in facts}},
+        json.dump({"results": results, "parameters": parameters, "training": outcomes},
                   f, indent=1, sort_keys=True)
     print(f"wrote {args.out} and {os.path.join(root, 'report_results.json')}")
 

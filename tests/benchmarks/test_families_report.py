@@ -11,19 +11,28 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 import families_report  # noqa: E402
 
+SPECS = families_report.specs("/r")
 
-def test_plan_trains_every_family_at_equal_steps_and_batch():
-    configs = families_report.plan(0, 0, micro=False)
-    assert list(configs) == list(families_report.FAMILIES)
-    assert {(c.total_steps, c.batch_size) for c in configs.values()} == {
-        (families_report.STEPS, families_report.BATCH)}
+
+def test_plan_trains_the_prerequisites_then_every_row():
+    configs = families_report.plan(SPECS, 0, 0, micro=False)
+    assert list(configs) == [*families_report.PREREQUISITES, *families_report.FAMILIES]
+    assert SPECS["llava1_tiny"].endswith("image=/r/siglip_tiny,lm=/r/lm_tiny")
+    # The first families at equal compute; the later rows as their :tiny configs stand.
+    equal = (families_report.EQUAL_STEPS, families_report.EQUAL_BATCH)
+    for name, config in configs.items():
+        own = families_report.reports.run_config(SPECS[name], 0, 0, micro=False)
+        expected = equal if name in families_report.EQUAL_COMPUTE else (
+            own.total_steps, own.batch_size)
+        assert (config.total_steps, config.batch_size) == expected, name
+    assert (configs["maskvlm_tiny"].total_steps, configs["maskvlm_tiny"].batch_size) != equal
     assert {(c.total_steps, c.batch_size) for c in families_report.plan(
-        7, 32, micro=True).values()} == {(7, 32)}
+        SPECS, 7, 32, micro=True).values()} == {(7, 32)}
 
 
 def test_markdown_puts_each_number_in_its_column_and_dashes_what_a_family_cannot_do():
-    configs = families_report.plan(0, 0, micro=False)
-    results = {name: {} for name in configs}
+    configs = families_report.plan(SPECS, 0, 0, micro=False)
+    results = {name: {} for name in families_report.FAMILIES}
     results["siglip_tiny"] = {"zeroshot/single_object/top1": 0.9875,
                               "zeroshot/single_object/chance": 1 / 24,
                               "compositional/count/acc2": 0.625,
@@ -33,24 +42,30 @@ def test_markdown_puts_each_number_in_its_column_and_dashes_what_a_family_cannot
                             "pope/adversarial/f1": 0.125}
     results["maskvlm_tiny"] = {"itm_retrieval/val/i2t_r1": 0.25,
                                "itm_compositional/attribute/acc2": 0.75}
-    facts = {name: {"parameters": 1_234_567, "outcome": {"done": "trained",
-                                                         "train_seconds": 61.0}}
-             for name in configs}
-    page = families_report.markdown(results, configs, facts,
-                                    {"command": "c", "eval_sizes": {"probe_size": 8}})
+    parameters = {name: 1_234_567 for name in results}
+    outcomes = {name: {"done": "trained", "train_seconds": 61.0, "cpu_seconds": 100.4}
+                for name in configs}
+    outcomes["lm_tiny"] = {"done": "reused", "train_seconds": 12.0, "cpu_seconds": None}
+    page = families_report.markdown(results, configs, parameters,
+                                    {"command": "c", "eval_sizes": {"probe_size": 8},
+                                     "specs": SPECS, "outcomes": outcomes})
     lines = page.splitlines()
+    assert ("| lm_tiny | `configs/lm.py:tiny` | 300 × 32 "
+            "| reused the finished run (trained in 12 s) |") in lines
+    assert ("| coca_tiny | `configs/coca.py:tiny` | 300 × 256 | trained in 61 s (100 CPU s) |"
+            in lines)
     # Columns: zero-shot, held-out, R@1 x2, 3 probes' acc2, ITM R@1, 3 probes' ITM acc2,
     # CIDEr, VQA, POPE.
-    assert ("| SigLIP | contrastive | 1.23 M | trained in 61 s | 0.988 | — | — | — | — | — "
+    assert ("| SigLIP | contrastive | 1.23 M | 0.988 | — | — | — | — | — "
             "| 0.625 | — | — | — | — | — | — | — |") in lines
-    assert ("| CoCa | generative | 1.23 M | trained in 61 s | — | — | — | — | — | — | — "
+    assert ("| CoCa | generative | 1.23 M | — | — | — | — | — | — | — "
             "| — | — | — | — | 1.890 | 0.432 | 0.125 |") in lines
-    assert ("| MaskVLM | masking | 1.23 M | trained in 61 s | — | — | — | — | — | — | — "
+    assert ("| MaskVLM | masking | 1.23 M | — | — | — | — | — | — | — "
             "| 0.250 | — | 0.750 | — | — | — | — |") in lines
-    assert ("| chance |  |  |  | 0.042 | — | — | — | 0.500 | 0.500 | 0.500 | — | 0.500 | 0.500 "
+    assert ("| chance |  |  | 0.042 | — | — | — | 0.500 | 0.500 | 0.500 | — | 0.500 | 0.500 "
             "| 0.500 | — | 0.290 | — |") in lines
     # The blind row: the probes' image-free scores and VQA's answer prior.
-    assert ("| blind (no image) |  |  |  | — | — | — | — | — | — | 0.562 | — | — | — | — | — "
+    assert ("| blind (no image) |  |  | — | — | — | — | — | — | 0.562 | — | — | — | — | — "
             "| 0.400 | — |") in lines
 
 
