@@ -7,6 +7,7 @@ import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
+import pytest
 
 from configs import coca as coca_config
 from vlm_jax import evals, models, parallel
@@ -39,6 +40,7 @@ def tiny_coca():
     return config, scorer, captioner
 
 
+@pytest.mark.slow  # a whole-suite smoke (~1 min); each eval's numbers are tested on its own
 def test_generative_evals_run_on_a_real_coca():
     config, scorer, caption_model = tiny_coca()
     results = evals.run_evals(GENERATIVE, scorer, config.evals, caption_model)

@@ -123,8 +123,12 @@ def _family(name, execution):
 
 
 @pytest.mark.parametrize("name", ["llip", "coca"])
-@pytest.mark.parametrize("execution", [Execution(pad_multiple=8), Execution(remat="full"),
-                                       Execution(attention="xla", pad_multiple=8, remat="dots")])
+# The combined option runs by default (padding, remat and the xla attention at once); each
+# alone is slow (a minute each on 2 cores: two families' grads, compiled twice).
+@pytest.mark.parametrize("execution", [
+    pytest.param(Execution(pad_multiple=8), marks=pytest.mark.slow),
+    pytest.param(Execution(remat="full"), marks=pytest.mark.slow),
+    Execution(attention="xla", pad_multiple=8, remat="dots")])
 def test_llip_and_coca_outputs_and_gradients_do_not_depend_on_execution(name, execution):
     images = np.random.default_rng(1).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
     # Length 6: the unimodal half runs 7 tokens (text + [CLS]), the multimodal 6; both get padded.
