@@ -72,6 +72,7 @@ FAMILIES = {
                       "configs/minigpt4.py:tiny,stage=2,stage1={root}/minigpt4_1_tiny"),
 }
 JUDGE = "siglip_tiny"  # scores other runs' captions (CLIPScore)
+VQA_SHOTS = 2  # k-shot VQA beside 0-shot, for captioners that take interleaved prompts
 EMBEDDING_EVALS = ("zeroshot", "retrieval", "compositional")
 GENERATIVE_EVALS = ("captioning", "vqa", "pope")
 MATCHER_EVALS = ("itm_retrieval", "itm_compositional")
@@ -86,6 +87,7 @@ COLUMNS = (
     *((f"{kind} ITM acc2", f"itm_compositional/{kind}/acc2") for kind in world.PROBE_KINDS),
     ("CIDEr", "captioning/val/cider"),
     ("VQA", "vqa/val/overall"),
+    (f"VQA {VQA_SHOTS}-shot", f"vqa/val/{VQA_SHOTS}shot_overall"),
     ("POPE F1 (adv.)", "pope/adversarial/f1"),
 )
 
@@ -143,11 +145,22 @@ def markdown(results: dict, configs: dict, parameters: dict, setup: dict) -> str
              if key.endswith("/acc2")} | {"vqa/val/overall": "vqa/val/prior_overall"}
     rows.append(["blind (no image)", "", ""] + [
         cell(pooled, blind[key]) if key in blind else "—" for _, key in COLUMNS])
+    vqa_rows = [[FAMILIES[name][0]] + [cell(result, f"vqa/val/{kind}")
+                                       for kind in world.QA_KINDS + ("overall",)]
+                + [cell(result, f"vqa/val/{VQA_SHOTS}shot_overall")]
+                for name, result in results.items() if "vqa/val/overall" in result]
+    vqa_rows.append(["blind prior"] + [cell(pooled, f"vqa/val/prior_{kind}")
+                                       for kind in world.QA_KINDS + ("overall",)] + ["—"])
+    vqa_rows.append(["chance"] + [
+        f"{1 / len(evals.vqa.answer_candidates(kind, setup['image_size'])):.3f}"
+        for kind in world.QA_KINDS] + [cell(pooled, "vqa/val/chance"), "—"])
+    vqa = table(["model"] + list(world.QA_KINDS) + ["overall", f"{VQA_SHOTS}-shot"], vqa_rows)
     runs = table(["run", "config", "steps × batch", "training"], [
         [name, f"`{setup['specs'][name]}`", f"{config.total_steps} × {config.batch_size}",
          reports.describe_training(setup["outcomes"][name])]
         for name, config in configs.items()])
     return TEMPLATE.format(command=setup["command"], runs=runs, scores=table(header, rows),
+                           vqa=vqa, shots=VQA_SHOTS,
                            eval_sizes=", ".join(f"{k}={v}" for k, v in
                                                 setup["eval_sizes"].items()))
 
@@ -178,6 +191,15 @@ rows, the runs table also the world LM they start from.
   and adversarially chosen absent objects (`pope.py`); see docs/generative.md.
 
 {scores}
+
+## VQA by question type
+
+Accuracy of each captioner's likelihood-ranked answer among the kind's closed candidate set
+(`vqa.py`), beside the blind prior (each kind's most frequent train answer, no image) and chance
+(1 / candidates). {shots}-shot: the same questions after {shots} solved train questions of the same
+kind, interleaved image / question / answer, for models that take such prompts.
+
+{vqa}
 """
 
 
@@ -190,6 +212,7 @@ def main(argv: list[str] | None = None) -> None:
 
     eval_config = configs["coca_tiny"].evals
     eval_config.clipscore_workdir = os.path.join(root, JUDGE)
+    eval_config.vqa_shots = VQA_SHOTS
     started = time.perf_counter()
     results, parameters = {}, {}
     for name in FAMILIES:
@@ -207,6 +230,7 @@ def main(argv: list[str] | None = None) -> None:
     with open(args.out, "w") as f:
         f.write(markdown(results, configs, parameters,
                          {"command": command.strip(), "eval_sizes": sizes, "specs": run_specs,
+                          "image_size": eval_config.image_size,
                           "outcomes": outcomes}))
     with open(os.path.join(root, "report_results.json"), "w") as f:
         json.dump({"results": results, "parameters": parameters, "training": outcomes},

@@ -39,7 +39,8 @@ def test_markdown_puts_each_number_in_its_column_and_dashes_what_a_family_cannot
                               "compositional/count/blind_acc2": 0.5625}
     results["coca_tiny"] = {"captioning/val/cider": 1.8904, "vqa/val/overall": 0.4325,
                             "vqa/val/chance": 0.29, "vqa/val/prior_overall": 0.4,
-                            "pope/adversarial/f1": 0.125}
+                            "pope/adversarial/f1": 0.125, "vqa/val/2shot_overall": 0.25,
+                            "vqa/val/count": 0.5, "vqa/val/prior_count": 0.375}
     results["maskvlm_tiny"] = {"itm_retrieval/val/i2t_r1": 0.25,
                                "itm_compositional/attribute/acc2": 0.75}
     parameters = {name: 1_234_567 for name in results}
@@ -48,6 +49,7 @@ def test_markdown_puts_each_number_in_its_column_and_dashes_what_a_family_cannot
     outcomes["lm_tiny"] = {"done": "reused", "train_seconds": 12.0, "cpu_seconds": None}
     page = families_report.markdown(results, configs, parameters,
                                     {"command": "c", "eval_sizes": {"probe_size": 8},
+                                     "image_size": 32,
                                      "specs": SPECS, "outcomes": outcomes})
     lines = page.splitlines()
     assert ("| lm_tiny | `configs/lm.py:tiny` | 300 × 32 "
@@ -55,18 +57,24 @@ def test_markdown_puts_each_number_in_its_column_and_dashes_what_a_family_cannot
     assert ("| coca_tiny | `configs/coca.py:tiny` | 300 × 256 | trained in 61 s (100 CPU s) |"
             in lines)
     # Columns: zero-shot, held-out, R@1 x2, 3 probes' acc2, ITM R@1, 3 probes' ITM acc2,
-    # CIDEr, VQA, POPE.
+    # CIDEr, VQA, VQA 2-shot, POPE.
     assert ("| SigLIP | contrastive | 1.23 M | 0.988 | — | — | — | — | — "
-            "| 0.625 | — | — | — | — | — | — | — |") in lines
+            "| 0.625 | — | — | — | — | — | — | — | — |") in lines
     assert ("| CoCa | generative | 1.23 M | — | — | — | — | — | — | — "
-            "| — | — | — | — | 1.890 | 0.432 | 0.125 |") in lines
+            "| — | — | — | — | 1.890 | 0.432 | 0.250 | 0.125 |") in lines
     assert ("| MaskVLM | masking | 1.23 M | — | — | — | — | — | — | — "
-            "| 0.250 | — | 0.750 | — | — | — | — |") in lines
+            "| 0.250 | — | 0.750 | — | — | — | — | — |") in lines
     assert ("| chance |  |  | 0.042 | — | — | — | 0.500 | 0.500 | 0.500 | — | 0.500 | 0.500 "
-            "| 0.500 | — | 0.290 | — |") in lines
+            "| 0.500 | — | 0.290 | — | — |") in lines
     # The blind row: the probes' image-free scores and VQA's answer prior.
     assert ("| blind (no image) |  |  | — | — | — | — | — | — | 0.562 | — | — | — | — | — "
-            "| 0.400 | — |") in lines
+            "| 0.400 | — | — |") in lines
+    # VQA by type: captioners only; the prior per kind; chance is 1 / the kind's candidates.
+    assert "| CoCa | — | 0.500 | — | — | 0.432 | 0.250 |" in lines
+    assert "| blind prior | — | 0.375 | — | — | 0.400 | — |" in lines
+    assert not any(line.startswith("| SigLIP | —") for line in lines)
+    chance_row = next(line for line in lines if line.startswith("| chance | 0."))
+    assert chance_row.endswith("| 0.290 | — |")
 
 
 @pytest.mark.slow
