@@ -31,10 +31,8 @@ VISION_DEFAULTS = dict(num_attention_heads=16, hidden_act="gelu", layer_norm_eps
 QFORMER_DEFAULTS = dict(num_attention_heads=12, cross_attention_frequency=2,
                         intermediate_size=3072, hidden_act="gelu", layer_norm_eps=1e-12,
                         max_position_embeddings=512, pad_token_id=0)
-# (checkpoint prefix, the name hf_llama reads): files of save_pretrained, then transformers 5's
-# module names (the LM's decoder under model.language_model, the head at the top).
-LM_PREFIXES = (("language_model.lm_head.", "lm_head."), ("language_model.model.", "model."),
-               ("model.language_model.", "model."), ("lm_head.", "lm_head."))
+# (checkpoint prefix, the name hf_llama reads): the LM is a LlamaForCausalLM held whole.
+LM_PREFIXES = (("language_model.lm_head.", "lm_head."), ("language_model.model.", "model."))
 
 
 def _fused_attention(weights: Weights, prefix: str, num_heads: int, qkv_bias: bool) -> dict:
