@@ -18,7 +18,16 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from vlm_jax.convert import gguf_llama, hf_bert, hf_clip, hf_files, hf_llama, hf_llava, hf_siglip
+from vlm_jax.convert import (
+    gguf_llama,
+    hf_bert,
+    hf_blip2_gen,
+    hf_clip,
+    hf_files,
+    hf_llama,
+    hf_llava,
+    hf_siglip,
+)
 from vlm_jax.convert.torch_layout import Weights
 from vlm_jax.data import packaged
 
@@ -29,6 +38,7 @@ CONVERTERS = {
     "siglip": hf_siglip.convert, "siglip_vision_model": hf_siglip.convert_vision,
     "siglip_text_model": hf_siglip.convert_text,
     "bert": hf_bert.convert, "llama": hf_llama.convert, "llava": hf_llava.convert,
+    "blip-2": hf_blip2_gen.convert,
 }
 # A two-tower model_type whose files hold one tower only converts as that tower's own type
 # (its sub-config and weight names are those of CLIPVisionModel, SiglipTextModel, ...).
@@ -45,9 +55,9 @@ class Converted:
 
     `model` holds `config.model` fields (a whole two_tower for CLIP/SigLIP, `{"text": ...}` for a
     BERT or other text tower alone, `{"image": ...}` for a vision tower alone, `{"lm": ...}` for
-    a Llama decoder, a whole prefix_vlm for LLaVA); `vocab_size` is the tokenizer size its
-    token embedding needs (None for a vision tower alone); `unused` lists checkpoint tensors
-    that have no counterpart (e.g. BERT's pooler).
+    a Llama decoder, a whole prefix_vlm for LLaVA and BLIP-2 stage 2); `vocab_size` is the
+    tokenizer size its token embedding needs (None for a vision tower alone); `unused` lists
+    checkpoint tensors that have no counterpart (e.g. BERT's pooler).
     """
 
     model_type: str

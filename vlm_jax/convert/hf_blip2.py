@@ -37,17 +37,20 @@ def _ffn(weights: tl.Weights, layer: str, suffix: str) -> dict:
     return tl.mlp(weights, f"{layer}.intermediate{suffix}.dense", f"{layer}.output{suffix}.dense")
 
 
-def convert_qformer(weights: tl.Weights, qformer_config: dict) -> tuple[dict, dict]:
-    """(QFormer kwargs, QFormer params) from the checkpoint's tensors and its qformer_config."""
+def convert_qformer(weights: tl.Weights, qformer_config: dict,
+                    text: bool = True) -> tuple[dict, dict]:
+    """(QFormer kwargs, QFormer params) from the checkpoint's tensors and its qformer_config.
+    `text` False: the queries-only Q-Former of BLIP-2 stage 2 (QFormer(text=False), as
+    `Blip2ForConditionalGeneration` holds it): no word/position tables, no text FFNs."""
     heads, frequency = qformer_config["num_attention_heads"], qformer_config[
         "cross_attention_frequency"]
     query_tokens = weights.take("query_tokens")[0]  # [Q, D]
-    params = {
-        "query_tokens": query_tokens,
-        "token_embedding": {"embedding": weights.take("embeddings.word_embeddings.weight")},
-        "pos_embedding": weights.take("embeddings.position_embeddings.weight"),
-        "embedding_norm": tl.layer_norm(weights, "qformer.layernorm"),
-    }
+    params = {"query_tokens": query_tokens,
+              "embedding_norm": tl.layer_norm(weights, "qformer.layernorm")}
+    if text:
+        params["token_embedding"] = {
+            "embedding": weights.take("embeddings.word_embeddings.weight")}
+        params["pos_embedding"] = weights.take("embeddings.position_embeddings.weight")
     depth = weights.count("qformer.encoder.layer.{}.")
     for i in range(depth):
         layer = f"qformer.encoder.layer.{i}"
@@ -56,20 +59,24 @@ def convert_qformer(weights: tl.Weights, qformer_config: dict) -> tuple[dict, di
             "self_attention_norm": tl.layer_norm(weights, f"{layer}.attention.output.LayerNorm"),
             "mlp_query": _ffn(weights, layer, "_query"),
             "mlp_query_norm": tl.layer_norm(weights, f"{layer}.output_query.LayerNorm"),
-            "mlp": _ffn(weights, layer, ""),
-            "mlp_norm": tl.layer_norm(weights, f"{layer}.output.LayerNorm"),
         }
+        if text:
+            converted["mlp"] = _ffn(weights, layer, "")
+            converted["mlp_norm"] = tl.layer_norm(weights, f"{layer}.output.LayerNorm")
         if i % frequency == 0:
             converted["cross_attention"] = _attention(weights, f"{layer}.crossattention", heads)
             converted["cross_attention_norm"] = tl.layer_norm(
                 weights, f"{layer}.crossattention.output.LayerNorm")
         params[f"layer{i}"] = converted
+    # Without text the word table's size and max_len size nothing (QFormer(text=False)).
     kwargs = dict(
-        vocab_size=params["token_embedding"]["embedding"].shape[0],
+        vocab_size=params["token_embedding"]["embedding"].shape[0] if text else 0,
         width=query_tokens.shape[1], depth=depth, num_heads=heads,
         mlp_dim=qformer_config["intermediate_size"], num_queries=query_tokens.shape[0],
-        cross_attention_frequency=frequency, max_len=params["pos_embedding"].shape[0],
-        pad_id=qformer_config["pad_token_id"], ln_eps=qformer_config["layer_norm_eps"],
+        cross_attention_frequency=frequency,
+        max_len=(params["pos_embedding"].shape[0] if text
+                 else qformer_config.get("max_position_embeddings", 512)),
+        pad_id=qformer_config.get("pad_token_id", 0), ln_eps=qformer_config["layer_norm_eps"],
         activation=tl.activation(qformer_config["hidden_act"]))
     return kwargs, params
 

@@ -76,7 +76,10 @@ class PrefixVLM(nn.Module):
     the LM's kwargs (vlm_jax.models.lm.LM fields, vocab_size included). `connector` "prefix":
     `num_prefix_tokens` embeddings from the pooled feature (Frozen); "patches": one per patch;
     "qformer": one per query of the Q-Former, whose fields (sizes, num_queries, ...) are
-    `qformer_sizes`, through a linear `projector`.
+    `qformer_sizes`, through a linear `projector`. `qformer_reads_cls`: the Q-Former reads
+    the tower's CLS output before its patch tokens (a "cls"-pooled tower: HF/LAVIS BLIP-2's
+    whole final-normed ViT sequence); False: the patch tokens only, as stage 1 here
+    (models/blip2.py) reads them.
     """
 
     image: dict[str, Any]
@@ -84,6 +87,7 @@ class PrefixVLM(nn.Module):
     image_token_id: int
     connector: str = "patches"
     qformer_sizes: dict[str, Any] | None = None  # the QFormer's fields (model.qformer)
+    qformer_reads_cls: bool = False
     projector: str = "linear"
     projector_activation: str = "gelu_exact"  # HF LLaVA's "gelu" is the erf form
     num_prefix_tokens: int = 2
@@ -99,6 +103,9 @@ class PrefixVLM(nn.Module):
         if self.connector == "qformer" and not self.qformer_sizes:
             raise ValueError('model.connector "qformer" needs a model.qformer section (the '
                              "Q-Former's sizes and num_queries, as BLIP-2 stage 1's)")
+        if self.qformer_reads_cls and self.image.get("pool") != "cls":
+            raise ValueError("model.qformer_reads_cls needs a CLS token: set model.image.pool "
+                             f"to 'cls' (it is {self.image.get('pool', 'map')!r}) or drop it")
         feature_layer = self.feature_layer if self.connector == "patches" else None
         self.image_tower = ViT(**{"execution": self.execution, **self.image},
                                feature_layer=feature_layer, dtype=self.dtype)
@@ -144,9 +151,13 @@ class PrefixVLM(nn.Module):
 
     def query_outputs(self, images: jax.Array) -> jax.Array:
         """images [B, S, S, 3] -> the Q-Former's query outputs [B, Q, D_q] over the image
-        tower's final-normed tokens (BLIP-2 stage 1's `image_features`), before the projector."""
-        _, extras = self.image_tower(images)
-        return self.qformer(extras["tokens"], None)
+        tower's final-normed tokens [B, N(+1), D_v] (BLIP-2 stage 1's `image_features`; CLS
+        first when `qformer_reads_cls`), before the projector."""
+        pooled, extras = self.image_tower(images)
+        tokens = extras["tokens"]
+        if self.qformer_reads_cls:  # pool "cls": `pooled` is the CLS token's final output
+            tokens = jnp.concatenate([pooled[:, None].astype(tokens.dtype), tokens], axis=1)
+        return self.qformer(tokens, None)
 
     def embed_tokens(self, tokens: jax.Array) -> jax.Array:
         """LM embeddings [B, T, D] of tokens; placeholders (maybe outside the LM's vocabulary)
