@@ -15,12 +15,14 @@ How this differs from HF FlavaForPreTraining is in docs/masking.md.
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vlm_jax import masking, mim_targets, serving
+from vlm_jax import masking, mim_targets, serving, vq_tokenizer
 from vlm_jax.data import tokenizer as tokenizers
 from vlm_jax.data.world import World
 from vlm_jax.evals.scoring import Scorer
@@ -50,6 +52,29 @@ def swap_captions(rng: jax.Array, text_tokens: jax.Array, rate: float):
     return texts, (~swapped).astype(jnp.int32)
 
 
+def image_targets(config: ml_collections.ConfigDict, patch: int, mim_dim: int):
+    """targets(images) of `mim.target` (vlm_jax/mim_targets.py). "kmeans": the codebook saved
+    in the run's workdir (config.workdir, filled by the loop) is read back, else fitted on
+    mim.fit_images world train images and saved there. "vq": the codes of the VQ run in
+    mim.vq_workdir, checked against the patch grid and model.mim_dim."""
+    mim, data = config.mim, config.data
+    if mim.target == "kmeans":
+        workdir = config.get("workdir", "")
+        world = World("train", data.world_seed, data.image_size)
+        return mim_targets.make_targets(
+            "kmeans", patch, num_codes=mim.num_codes, seed=config.seed,
+            kmeans_path=os.path.join(workdir, mim_targets.KMEANS_FILE) if workdir else None,
+            fit_images=lambda: np.stack([world[i]["image"] for i in range(mim.fit_images)]))
+    if mim.target == "vq":
+        if not mim.get("vq_workdir", ""):
+            raise ValueError("mim.target='vq' needs mim.vq_workdir, a finished run of "
+                             "configs/vq.py: --config.mim.vq_workdir=runs/vq_tiny")
+        tokenizer = vq_tokenizer.load_vq(mim.vq_workdir)
+        mim_targets.check_vq_fits(tokenizer, data.image_size, patch, mim_dim)
+        return mim_targets.make_targets("vq", patch, vq_tokenizer=tokenizer)
+    return mim_targets.make_targets(mim.target, patch)
+
+
 def make_loss_fn(model: flava.Flava, config: ml_collections.ConfigDict, mesh=None):
     """loss_fn(params, batch, rng) -> (loss, metrics): see the module docstring."""
     loss_config, mim = config.loss, config.mim
@@ -64,12 +89,7 @@ def make_loss_fn(model: flava.Flava, config: ml_collections.ConfigDict, mesh=Non
     mask_id = tokenizer.special_ids[MASK_TOKEN]
     avoid = sorted({*tokenizer.special_ids.values(), tokenizer.pad_id, tokenizer.eos_id,
                     max(tokenizer.bos_id, 0)})
-    world_images = None
-    if mim.target == "kmeans":
-        world = World("train", config.data.world_seed, config.data.image_size)
-        world_images = np.stack([world[i]["image"] for i in range(mim.fit_images)])
-    targets_of = mim_targets.make_targets(mim.target, patch, num_codes=mim.num_codes,
-                                          world_images=world_images, seed=config.seed)
+    targets_of = image_targets(config, patch, model.mim_dim)
     pixel_target = mim.target == "pixels"
     contrastive = terms.contrastive_term("softmax", loss_config, mesh)
 
