@@ -71,6 +71,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint_every = 500
     c.keep_checkpoints = 2
     c.eval_every = 0  # 0: evaluate at the end only
+    # The run's directory, filled by loop.train and restore.restore_run (configlib.with_workdir)
+    # for trainers that keep files made for the run there (FLAVA's k-means codebook).
+    c.workdir = ""
     # Start a fresh run from saved or imported weights (vlm_jax/init_from.py): a converter
     # output (python -m vlm_jax.convert), a workdir, a Hugging Face directory or "minilm";
     # init_from_regex picks which parameters ("/"-joined paths) are loaded. Or a map from

@@ -5,7 +5,9 @@ contrastive + MMM (image, text) + ITM, weight 1 each (HF FlavaForPreTraining's d
     configs/flava.py:variant=B/16    ViT-B/16 towers, a 6-layer multimodal encoder (FLAVA's)
 
 A term is switched off by its weight: --config.loss.mim_weight=0. MIM targets:
---config.model.mim.target=pixels|kmeans. How this differs from the reference: docs/masking.md.
+--config.mim.target=pixels|kmeans|vq (vq: with --config.mim.vq_workdir=<a configs/vq.py run>
+and --config.model.mim_dim=<its codebook size>). How this differs from the reference:
+docs/masking.md.
 """
 
 import math
@@ -38,7 +40,11 @@ def get_config(arg=None):
     )
     # MIM targets (vlm_jax/mim_targets.py); mask_ratio 75/196 with blocks >= 16 of 196
     # patches, scaled to the grid (masking.beit_mask_sizes).
-    c.mim = dict(target="kmeans", num_codes=1024, fit_images=512, mask_ratio=75 / 196)
+    # target "kmeans" saves its codebook in the workdir (mim_kmeans.npy, reused on resume);
+    # "vq" takes the codes of the VQ run in vq_workdir (its grid = the patch grid, and
+    # model.mim_dim = its codebook size).
+    c.mim = dict(target="kmeans", num_codes=1024, fit_images=512, mask_ratio=75 / 196,
+                 vq_workdir="")
     c.evals.names = ("zeroshot", "retrieval", "compositional")
     if arg.tiny:
         c.model.embed_dim = 64

@@ -33,8 +33,10 @@ def get_config(arg=None):
         text=common.tower(arg.variant.split("/")[0], max_len=64, causal=False, pool="eos"),
         cross=dict(depth=3, num_heads=12, mlp_dim=3072),
     )
+    # reconstruction: masked-patch MSE and workdir/mim_reconstructions.png (originals | masked
+    # input | rebuilt), vlm_jax/evals/reconstruction.py.
     c.evals.names = ("zeroshot", "retrieval", "compositional", "itm_retrieval",
-                     "itm_compositional")
+                     "itm_compositional", "reconstruction")
     if arg.tiny:
         # Eight cross-encoder passes per example (ITM's 3 pairs through both, MIM, MLM), so
         # narrower and smaller-batched than the two-tower tiny configs to train in minutes.

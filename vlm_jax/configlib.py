@@ -97,3 +97,16 @@ def override(config: ml_collections.ConfigDict, dotted_key: str, text: str) -> N
         known = ", ".join(sorted(node.keys()))
         raise ConfigError(f"unknown config key {dotted_key!r}; known here: {known}")
     node[leaf] = _coerce(dotted_key, text, node[leaf])
+
+
+def with_workdir(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
+    """A copy of `config` that knows its run's directory: `workdir` (where a trainer keeps
+    files made for the run, e.g. FLAVA's k-means codebook) and, when empty, `evals.output_dir`
+    (where evals write pictures). `loop.train` and `restore.restore_run` call it; a config
+    built outside a run keeps workdir "" (nothing is saved)."""
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        config.workdir = workdir
+        if "evals" in config and not config.evals.get("output_dir", ""):
+            config.evals.output_dir = workdir
+    return config

@@ -18,7 +18,17 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from vlm_jax import checkpoint, evals, init_from, models, optim, parallel, restore, trainers
+from vlm_jax import (
+    checkpoint,
+    configlib,
+    evals,
+    init_from,
+    models,
+    optim,
+    parallel,
+    restore,
+    trainers,
+)
 from vlm_jax.data import pipeline
 from vlm_jax.data import resume as data_resume
 from vlm_jax.data import tokenizer as tokenizers
@@ -64,6 +74,7 @@ def write_run_record(workdir: str, config: ml_collections.ConfigDict, tokenizer)
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Train per `config` in `workdir` (resuming if it holds a checkpoint); returns final evals."""
     trainers.check_evals(config)  # evals the trainer cannot serve fail before anything is built
+    config = configlib.with_workdir(config, workdir)  # trainers' run files, evals' pictures
     trainer = trainers.get_trainer(config.trainer)
     mesh = parallel.make_mesh(config.mesh)
     rules = parallel.logical_rules(config)

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from vlm_jax import evals, init_from, models, parallel, trainers
+from vlm_jax import configlib, evals, init_from, models, parallel, trainers
 from vlm_jax.data import tokenizer as tokenizers
 from vlm_jax.evals.caption_model import CaptionModel
 from vlm_jax.evals.scoring import Scorer
@@ -82,7 +82,12 @@ def restore_run(workdir: str) -> RestoredRun:
         raise FileNotFoundError(f"{workdir} holds no run (no config.json); train one with "
                                 "python -m vlm_jax.main --config=... --workdir=...")
     with open(path) as f:
-        config = ml_collections.ConfigDict(json.load(f)["config"])
+        recorded = ml_collections.ConfigDict(json.load(f)["config"])
+    with recorded.unlocked():  # the directory it was trained in may have moved since
+        recorded.workdir = ""
+        if "evals" in recorded:
+            recorded.evals.output_dir = ""
+    config = configlib.with_workdir(recorded, workdir)
     trainer = trainers.get_trainer(config.trainer)
     mesh = parallel.make_mesh(config.mesh)
     rules = parallel.logical_rules(config)

@@ -19,7 +19,8 @@ def test_builtin_trainers_declare_their_capabilities():
     declared = {name: trainers.get_trainer(name).CAPABILITIES for name in trainers.TRAINERS}
     assert declared == {"contrastive": {"scorer"}, "llip": {"scorer"},
                         "coca": {"scorer", "captioner"}, "vq": set(),
-                        "flava": {"scorer", "matcher"}, "maskvlm": {"scorer", "matcher"},
+                        "flava": {"scorer", "matcher", "reconstructor"},
+                        "maskvlm": {"scorer", "matcher", "reconstructor"},
                         "lm": set(), "blip2": {"scorer", "matcher"},
                         "prefix_lm": {"captioner"}}
 

@@ -115,3 +115,31 @@ def test_single_stream_runs_mlm_and_itm_only_and_serves_a_matcher():
     # Unmasked inputs: the ITM head's log-odds.
     np.testing.assert_allclose(scores, np.asarray(logits[:, 1] - logits[:, 0]), atol=1e-5)
     assert scores.shape == (3,)
+
+
+def test_pixel_target_reconstructor_unnormalises_the_mim_head_and_codes_refuse_it():
+    config = tiny(flava_config)
+    config.mim.target, config.model.mim_dim = "pixels", 8 * 8 * 3
+    config.evals.names = ("reconstruction",)
+    from vlm_jax.data import tokenizer as tokenizers
+
+    tokenizer = tokenizers.load_tokenizer(config.data)
+    model = models.build_model(config.model, tokenizer.vocab_size)
+    params = model.init(jax.random.key(0), **flava_trainer.init_batch(config))["params"]
+    mesh = parallel.make_mesh(config.mesh)
+    reconstructor = flava_trainer.make_reconstructor(model, params, tokenizer, mesh, config)
+    patch_mask = np.asarray(reconstructor.draw_masks(jax.random.key(1), 2))
+    assert (patch_mask.sum(1) == 6).all()  # BEiT blocks: 6 of the 4 x 4 patches
+    images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3)).astype(np.uint8)
+    rebuilt = reconstructor.reconstruct(images, ["a red circle"] * 2, patch_mask)
+    # The masked pass of the whole model, scaled back with each true patch's mean and std.
+    tokens = np.asarray(tokenizer.encode(["a red circle"] * 2, config.data.text_length))
+    normalised = np.asarray(model.apply({"params": params}, images, tokens, patch_mask)[
+        "mim_logits"], np.float64)
+    pixels = np.asarray(mim_targets.patchify(images / 127.5 - 1.0, 8))
+    mean, std = pixels.mean(-1, keepdims=True), np.sqrt(pixels.var(-1, keepdims=True) + 1e-6)
+    np.testing.assert_allclose(rebuilt, normalised * std + mean, atol=1e-5)
+    config.mim.target = "kmeans"
+    with pytest.raises(ValueError, match="eval 'reconstruction' needs FLAVA's MIM head to "
+                                         "predict pixels, but mim.target='kmeans'"):
+        flava_trainer.make_loss_fn(model, config)

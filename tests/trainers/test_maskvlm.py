@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import maskvlm as maskvlm_config
-from vlm_jax import masking, models, trainers
+from vlm_jax import evals, masking, models, trainers
 from vlm_jax.data import tokenizer as tokenizers
 from vlm_jax.models.maskvlm import mask_patches
 from vlm_jax.trainers import maskvlm as trainer
@@ -172,7 +172,7 @@ def test_raw_pixel_masking_hides_the_masked_pixels(setup):
 
 def test_the_trainer_serves_a_scorer_and_a_matcher(setup):
     config, tokenizer, model, params, images, tokens = setup
-    assert trainers.get_trainer("maskvlm").CAPABILITIES == {"scorer", "matcher"}
+    assert trainers.get_trainer("maskvlm").CAPABILITIES == {"scorer", "matcher", "reconstructor"}
     mesh = jax.make_mesh((1, 1, 1), ("data", "fsdp", "tensor"),
                          axis_types=(jax.sharding.AxisType.Auto,) * 3,
                          devices=jax.devices()[:1])
@@ -184,3 +184,39 @@ def test_the_trainer_serves_a_scorer_and_a_matcher(setup):
                                rtol=1e-5, atol=1e-5)
     scorer = trainer.make_scorer(model, params, tokenizer, mesh, config)
     assert scorer.encode_images(images).shape == (BATCH, config.model.embed_dim)
+
+
+def test_the_reconstructor_rebuilds_as_the_mim_term_and_the_eval_writes_its_png(setup, tmp_path):
+    config, tokenizer, model, params, images, tokens = setup
+    mesh = jax.make_mesh((1, 1, 1), ("data", "fsdp", "tensor"),
+                         axis_types=(jax.sharding.AxisType.Auto,) * 3,
+                         devices=jax.devices()[:1])
+    reconstructor = trainer.make_reconstructor(model, params, tokenizer, mesh, config)
+    patch_mask = np.asarray(reconstructor.draw_masks(jax.random.key(1), BATCH))
+    assert (patch_mask.sum(1) == round(0.6 * (SIZE // PATCH) ** 2)).all()
+    captions = ["a red circle", "a blue square left of a red circle", "two green triangles",
+                "a red circle"]
+    rebuilt = reconstructor.reconstruct(images, captions, patch_mask)
+    # The training loss's own MIM prediction of these masks (pretrain_outputs' "pixels").
+    outputs = model.apply({"params": params}, images, jnp.asarray(tokens), patch_mask,
+                          jnp.asarray(tokens), jax.random.key(2),
+                          method=trainer.pretrain_outputs)
+    np.testing.assert_allclose(rebuilt, outputs["pixels"], rtol=1e-5, atol=1e-5)
+    # Through the loop's path: served by capability, run by name, PNG in evals.output_dir.
+    config.evals.update(output_dir=str(tmp_path), reconstruction_size=8,
+                        reconstruction_pictures=8, image_size=SIZE)
+    served = trainers.serve_evals(trainer, ("reconstruction",), model, params, tokenizer, mesh,
+                                  config)
+    results = evals.run_served(("reconstruction",), served, config.evals)
+    from vlm_jax.data import world
+    val = world.World("val", seed=config.evals.seed, image_size=SIZE)
+    val_images = np.stack([val[i]["image"] for i in range(8)])
+    val_mask = np.asarray(reconstructor.draw_masks(jax.random.key(config.evals.seed), 8))
+    expected = reconstructor.reconstruct(
+        val_images, [val[i]["caption"] for i in range(8)], val_mask)
+    hidden = numpy_patches(val_images)[val_mask]  # [masked patches, p*p*3]
+    np.testing.assert_allclose(results["reconstruction/val/masked_mse"],
+                               ((expected[val_mask] - hidden) ** 2).mean(), rtol=1e-5)
+    from PIL import Image
+    picture = Image.open(tmp_path / "mim_reconstructions.png")
+    assert picture.size == (8 * (SIZE * 4 + 2) + 2, 3 * (SIZE * 4 + 2) + 2)

@@ -57,7 +57,12 @@ def target_colour(image) -> jnp.ndarray:  # [B, S, S, 3] -> [B, 3]
     return image.astype(jnp.float32).mean(axis=(1, 2)) / 255.0
 
 
+LOSS_FN_WORKDIRS = []  # config.workdir as make_loss_fn saw it (the loop fills it)
+
+
 def make_loss_fn(model, config, mesh=None):
+    LOSS_FN_WORKDIRS.append(config.workdir)
+
     def loss_fn(params, batch, rng):
         del rng
         predicted = model.apply({"params": params}, batch["image"])  # text_tokens unused
@@ -84,6 +89,9 @@ def toy_config() -> ml_collections.ConfigDict:
 def test_a_family_defined_in_a_test_trains_through_the_unchanged_loop(tmp_path):
     config = toy_config()
     assert loop.train(config, str(tmp_path)) == {}  # it serves no eval
+    # The trainer sees the run's directory (its run files go there); the caller's config is
+    # not changed.
+    assert LOSS_FN_WORKDIRS[-1] == str(tmp_path) and config.workdir == ""
     with open(tmp_path / "metrics.jsonl") as f:
         losses = [row["train/loss"] for row in map(json.loads, f) if "train/loss" in row]
     # The best constant guess (the mean of the mean colours) scores their variance; a model

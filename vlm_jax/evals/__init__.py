@@ -1,17 +1,20 @@
 """Evaluations: zero-shot classification, retrieval, compositional probes; for generative
 models, captioning, VQA, POPE hallucination and likelihood-scored zero-shot and compositional
-probes; and, for models with an image-text matching head, ITM-reranked retrieval and
-ITM-scored compositional probes. Zero-shot, retrieval (ITM-reranked too) and captioning read
-the dataset their `evals.<name>` spec names (`datasets`: the synthetic world by default); the
-probes read the world.
+probes; for models with an image-text matching head, ITM-reranked retrieval and ITM-scored
+compositional probes; for masked-image models, reconstructions of masked images (a number and
+a PNG in `evals.output_dir`). Zero-shot, retrieval (ITM-reranked too) and captioning read the
+dataset their `evals.<name>` spec names (`datasets`: the synthetic world by default); the
+probes and reconstructions read the world.
 
 Each embedding eval is `run(scorer, eval_config)`, each generative one
 `run(caption_model, scorer_or_None, eval_config)`, each matching one
-`run(matcher, scorer_or_None, eval_config)` (EVALS, GENERATIVE_EVALS, MATCHER_EVALS), all
-returning {"<eval>/<split>/<metric>": float}. `run_served` runs a list of them by name from
-one dict of what a model serves ({"scorer": Scorer, "captioner": CaptionModel, "matcher":
-Matcher}, `capabilities_needed` says which each eval needs); `run_evals` is the same for a
-Scorer and a CaptionModel given apart; `format_table` prints the results for the console.
+`run(matcher, scorer_or_None, eval_config)`, each reconstruction one
+`run(reconstructor, eval_config)` (EVALS, GENERATIVE_EVALS, MATCHER_EVALS,
+RECONSTRUCTION_EVALS), all returning {"<eval>/<split>/<metric>": float}. `run_served` runs a
+list of them by name from one dict of what a model serves ({"scorer": Scorer, "captioner":
+CaptionModel, "matcher": Matcher, "reconstructor": Reconstructor}, `capabilities_needed` says
+which each eval needs); `run_evals` is the same for a Scorer and a CaptionModel given apart;
+`format_table` prints the results for the console.
 Evals never import trainers or the loop: the caller passes what they need.
 """
 
@@ -27,12 +30,14 @@ from vlm_jax.evals import (
     generative_compositional,
     generative_zeroshot,
     pope,
+    reconstruction,
     retrieval,
     vqa,
     zeroshot,
 )
 from vlm_jax.evals.caption_model import CaptionModel
 from vlm_jax.evals.matching import Matcher
+from vlm_jax.evals.reconstruction import Reconstructor
 from vlm_jax.evals.scoring import Scorer
 
 EVALS: dict[str, Callable[[Scorer, ml_collections.ConfigDict], dict[str, float]]] = {
@@ -59,8 +64,16 @@ MATCHER_EVALS: dict[
     "itm_retrieval": retrieval.run_itm,
     "itm_compositional": compositional.run_itm,
 }
+# Evals of a masked-image model's reconstructions (a Reconstructor); they write a picture to
+# eval_config.output_dir (the loop fills it with the workdir).
+RECONSTRUCTION_EVALS: dict[
+    str, Callable[[Reconstructor, ml_collections.ConfigDict], dict[str, float]]
+] = {
+    "reconstruction": reconstruction.run,
+}
 # capability -> the evals that take it as their first argument
-_EVALS_OF = {"scorer": EVALS, "captioner": GENERATIVE_EVALS, "matcher": MATCHER_EVALS}
+_EVALS_OF = {"scorer": EVALS, "captioner": GENERATIVE_EVALS, "matcher": MATCHER_EVALS,
+             "reconstructor": RECONSTRUCTION_EVALS}
 
 # eval_config fields that must be positive integers, with their defaults.
 SIZE_DEFAULTS = {
@@ -78,6 +91,8 @@ SIZE_DEFAULTS = {
     "pope_stats_size": 5000,  # train scenes counted for POPE's popular / adversarial objects
     "genzeroshot_size": 240,  # single-object images for likelihood zero-shot
     "itm_top_k": 16,  # candidates per query the Matcher re-ranks (itm_retrieval)
+    "reconstruction_size": 64,  # val images masked and rebuilt (reconstruction)
+    "reconstruction_pictures": 8,  # of them, shown in the PNG
 }
 
 
@@ -92,6 +107,9 @@ def default_eval_config() -> ml_collections.ConfigDict:
             # caller restores it (`vlm_jax.restore.clipscore_judge`) and passes it as `judge`.
             "clipscore_workdir": "",
             "vqa_shots": 0,  # k > 0: also k-shot VQA, for models with a prompt format
+            # where evals write pictures (reconstruction's PNG); "": the run's workdir, which
+            # loop.train and restore.restore_run fill in (configlib.with_workdir)
+            "output_dir": "",
             **SIZE_DEFAULTS,
             **{name: datasets.dataset_spec() for name in datasets.DATASET_EVALS},
         }
@@ -136,6 +154,8 @@ def capabilities_needed(names: Sequence[str] | str, eval_config) -> dict[str, fr
             needed[name] = frozenset({"matcher", "scorer"})
         elif name in MATCHER_EVALS:
             needed[name] = frozenset({"matcher"})
+        elif name in RECONSTRUCTION_EVALS:
+            needed[name] = frozenset({"reconstructor"})
         else:  # captioning's CLIPScore: judged by the model's own towers when it has them
             needed[name] = frozenset({"captioner"})
     return needed
@@ -162,10 +182,10 @@ def run_served(
     """Results of the evals `names` (a list, or one comma-separated string), merged in order.
 
     `served` maps capabilities to what the model serves ("scorer": a Scorer, "captioner": a
-    CaptionModel, "matcher": a Matcher; a missing or None entry: not served), e.g. every
-    `trainers.serve` of the trainer's CAPABILITIES. Captioning's CLIPScore is judged by
-    `judge`, or the served scorer when None; with `eval_config.clipscore_workdir` set the
-    caller must pass that run's Scorer as judge.
+    CaptionModel, "matcher": a Matcher, "reconstructor": a Reconstructor; a missing or None
+    entry: not served), e.g. every `trainers.serve` of the trainer's CAPABILITIES.
+    Captioning's CLIPScore is judged by `judge`, or the served scorer when None; with
+    `eval_config.clipscore_workdir` set the caller must pass that run's Scorer as judge.
     """
     names = _split_names(names)
     needed = capabilities_needed(names, eval_config)
@@ -194,6 +214,8 @@ def run_served(
             results.update(GENERATIVE_EVALS[name](served["captioner"], scorer, eval_config))
         elif name in MATCHER_EVALS:
             results.update(MATCHER_EVALS[name](served["matcher"], scorer, eval_config))
+        elif name in RECONSTRUCTION_EVALS:
+            results.update(RECONSTRUCTION_EVALS[name](served["reconstructor"], eval_config))
         else:
             results.update(EVALS[name](scorer, eval_config))
     return results
@@ -205,6 +227,8 @@ _WHO_SERVES = {
     "captioner": "a generative model: a trainer with the 'captioner' capability, e.g. CoCa",
     "matcher": "a model with an image-text matching head: a trainer with the 'matcher' "
                "capability, e.g. MaskVLM",
+    "reconstructor": "a masked-image model: a trainer with the 'reconstructor' capability, "
+                     "e.g. MaskVLM, or FLAVA with mim.target='pixels'",
 }
 
 

@@ -9,7 +9,11 @@ and, for each capability, its factory (model, params, tokenizer, mesh, config) -
   "scorer":    make_scorer    -> vlm_jax.evals.scoring.Scorer (embedding evals);
   "captioner": make_captioner -> vlm_jax.evals.caption_model.CaptionModel (generative evals);
   "matcher":   make_matcher   -> vlm_jax.evals.matching.Matcher (ITM evals: reranked
-               retrieval, ITM-scored probes).
+               retrieval, ITM-scored probes);
+  "reconstructor": make_reconstructor -> vlm_jax.evals.reconstruction.Reconstructor
+               (masked-image reconstructions: a number and a PNG).
+`config.workdir` is the run's directory during a run (loop.train fills it; "" outside one):
+a trainer may keep files made for the run there (FLAVA's k-means codebook).
 The shared loop in `vlm_jax.loop` does the rest (state, step, checkpoints, metrics, evals).
 
 `config.trainer` names a module here (TRAINERS) or, for a family kept elsewhere (a project,
@@ -29,7 +33,8 @@ from vlm_jax import configlib, evals
 
 TRAINERS = ("contrastive", "llip", "coca", "vq", "flava", "maskvlm", "lm", "blip2", "prefix_lm")
 # capability -> the factory a trainer with it defines
-FACTORIES = {"scorer": "make_scorer", "captioner": "make_captioner", "matcher": "make_matcher"}
+FACTORIES = {"scorer": "make_scorer", "captioner": "make_captioner", "matcher": "make_matcher",
+             "reconstructor": "make_reconstructor"}
 _MODULE_PREFIX = "module:"
 
 

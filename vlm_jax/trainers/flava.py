@@ -15,21 +15,24 @@ How this differs from HF FlavaForPreTraining is in docs/masking.md.
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vlm_jax import masking, mim_targets, serving
+from vlm_jax import masking, mim_targets, serving, vq_tokenizer
 from vlm_jax.data import tokenizer as tokenizers
 from vlm_jax.data.world import World
+from vlm_jax.evals.reconstruction import Reconstructor
 from vlm_jax.evals.scoring import Scorer
 from vlm_jax.losses import masking as masking_losses
 from vlm_jax.losses import terms
 from vlm_jax.models import flava
 from vlm_jax.trainers import image_text_init_batch
 
-CAPABILITIES = frozenset({"scorer", "matcher"})
+CAPABILITIES = frozenset({"scorer", "matcher", "reconstructor"})  # reconstructor: pixels only
 TERMS = ("contrastive", "mim", "mlm", "mmm_image", "mmm_text", "itm")
 MASK_TOKEN = "[MASK]"
 
@@ -50,6 +53,39 @@ def swap_captions(rng: jax.Array, text_tokens: jax.Array, rate: float):
     return texts, (~swapped).astype(jnp.int32)
 
 
+def image_targets(config: ml_collections.ConfigDict, patch: int, mim_dim: int):
+    """targets(images) of `mim.target` (vlm_jax/mim_targets.py). "kmeans": the codebook saved
+    in the run's workdir (config.workdir, filled by the loop) is read back, else fitted on
+    mim.fit_images world train images and saved there. "vq": the codes of the VQ run in
+    mim.vq_workdir, checked against the patch grid and model.mim_dim."""
+    mim, data = config.mim, config.data
+    if mim.target == "kmeans":
+        workdir = config.get("workdir", "")
+        world = World("train", data.world_seed, data.image_size)
+        return mim_targets.make_targets(
+            "kmeans", patch, num_codes=mim.num_codes, seed=config.seed,
+            kmeans_path=os.path.join(workdir, mim_targets.KMEANS_FILE) if workdir else None,
+            fit_images=lambda: np.stack([world[i]["image"] for i in range(mim.fit_images)]))
+    if mim.target == "vq":
+        if not mim.get("vq_workdir", ""):
+            raise ValueError("mim.target='vq' needs mim.vq_workdir, a finished run of "
+                             "configs/vq.py: --config.mim.vq_workdir=runs/vq_tiny")
+        tokenizer = vq_tokenizer.load_vq(mim.vq_workdir)
+        mim_targets.check_vq_fits(tokenizer, data.image_size, patch, mim_dim)
+        return mim_targets.make_targets("vq", patch, vq_tokenizer=tokenizer)
+    return mim_targets.make_targets(mim.target, patch)
+
+
+def check_reconstruction(config: ml_collections.ConfigDict) -> None:
+    """The "reconstruction" eval needs pixel predictions: refuse it, before training, for a
+    code target."""
+    if "reconstruction" in config.evals.names and config.mim.target != "pixels":
+        raise ValueError(f"eval 'reconstruction' needs FLAVA's MIM head to predict pixels, but "
+                         f"mim.target={config.mim.target!r}; set --config.mim.target=pixels "
+                         "(and model.mim_dim=patch*patch*3), or drop 'reconstruction' from "
+                         "config.evals.names")
+
+
 def make_loss_fn(model: flava.Flava, config: ml_collections.ConfigDict, mesh=None):
     """loss_fn(params, batch, rng) -> (loss, metrics): see the module docstring."""
     loss_config, mim = config.loss, config.mim
@@ -64,12 +100,8 @@ def make_loss_fn(model: flava.Flava, config: ml_collections.ConfigDict, mesh=Non
     mask_id = tokenizer.special_ids[MASK_TOKEN]
     avoid = sorted({*tokenizer.special_ids.values(), tokenizer.pad_id, tokenizer.eos_id,
                     max(tokenizer.bos_id, 0)})
-    world_images = None
-    if mim.target == "kmeans":
-        world = World("train", config.data.world_seed, config.data.image_size)
-        world_images = np.stack([world[i]["image"] for i in range(mim.fit_images)])
-    targets_of = mim_targets.make_targets(mim.target, patch, num_codes=mim.num_codes,
-                                          world_images=world_images, seed=config.seed)
+    check_reconstruction(config)
+    targets_of = image_targets(config, patch, model.mim_dim)
     pixel_target = mim.target == "pixels"
     contrastive = terms.contrastive_term("softmax", loss_config, mesh)
 
@@ -128,3 +160,30 @@ def make_matcher(model: flava.Flava, params, tokenizer, mesh, config: ml_collect
     return serving.make_matcher(
         lambda p, images, tokens: model.apply({"params": p}, images, tokens, method=model.match),
         params, tokenizer, mesh, config.data.text_length)
+
+
+def masked_pixels(module: flava.Flava, images, patch_mask):
+    """The MIM head's per-patch-normalised pixels [B, N, p*p*3] of the masked images (the
+    unimodal masked pass, as the mim term reads it; a `model.apply` method)."""
+    _, hidden = module.image_encoder(images, patch_mask)
+    return module.mim_head(hidden[:, 1:])
+
+
+def make_reconstructor(model: flava.Flava, params, tokenizer, mesh,
+                       config: ml_collections.ConfigDict) -> Reconstructor:
+    """MIM's pixel predictions under the training (BEiT block) masks, scaled back to [-1, 1]
+    with each true patch's mean and variance (mim_targets.unnormalize_patches, as MAE shows
+    its reconstructions). mim.target="pixels" only; captions are not read."""
+    check_reconstruction(config)
+    patch = model.image["patch_size"]
+    grid = config.data.image_size // patch
+    num_masked, min_block = masking.beit_mask_sizes(grid, grid, config.mim.mask_ratio)
+    rebuild = serving.host_function(
+        lambda p, images, patch_mask: mim_targets.unnormalize_patches(
+            model.apply({"params": p}, images, patch_mask, method=masked_pixels), images, patch),
+        mesh)
+    return Reconstructor(
+        patch=patch,
+        draw_masks=lambda rng, batch: masking.beit_block_masks(rng, batch, grid, grid,
+                                                               num_masked, min_block),
+        reconstruct=lambda images, captions, patch_mask: rebuild(params, images, patch_mask))

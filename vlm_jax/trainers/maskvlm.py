@@ -12,7 +12,8 @@ the same):
          image (mask.image_ratio of the patches, 0.6) and the clean text;
   * MLM  CE on the masked tokens (mask.text_rate of the real tokens, 0.3, BERT 80/10/10) rebuilt
          from the masked text and the clean image.
-Serves a Scorer (the ITC embeddings) and a Matcher (the ITM logit).
+Serves a Scorer (the ITC embeddings), a Matcher (the ITM logit) and a Reconstructor (the
+pixel decoder's rebuilt masked images, with the training masks: the "reconstruction" eval).
 """
 
 from __future__ import annotations
@@ -24,13 +25,14 @@ import ml_collections
 from vlm_jax import masking, mim_targets, serving
 from vlm_jax.data import tokenizer as tokenizers
 from vlm_jax.evals.matching import Matcher
+from vlm_jax.evals.reconstruction import Reconstructor
 from vlm_jax.evals.scoring import Scorer
 from vlm_jax.losses import hard_negatives, terms
 from vlm_jax.losses import masking as masking_losses
 from vlm_jax.models import maskvlm
 from vlm_jax.trainers import image_text_init_batch
 
-CAPABILITIES = frozenset({"scorer", "matcher"})
+CAPABILITIES = frozenset({"scorer", "matcher", "reconstructor"})
 TERMS = ("itc", "itm", "mim", "mlm")
 MASK_TOKEN = "[MASK]"
 
@@ -139,3 +141,30 @@ def make_matcher(model: maskvlm.MaskVLM, params, tokenizer, mesh,
     return serving.make_matcher(
         lambda p, images, tokens: model.apply({"params": p}, images, tokens, method=model.match),
         params, tokenizer, mesh, config.data.text_length)
+
+
+def masked_reconstruction(module: maskvlm.MaskVLM, images, text_tokens, patch_mask):
+    """Patch pixels [B, N, p*p*3] on [-1, 1] of the masked images rebuilt with the clean text,
+    as the MIM term computes them (a `model.apply` method)."""
+    _, masked_image = module.encode_image(maskvlm.mask_patches(images, patch_mask, module.patch))
+    _, text_extras = module.encode_text(text_tokens)
+    return module.reconstruct_image(masked_image["tokens"], text_extras["tokens"],
+                                    text_extras["text_mask"])
+
+
+def make_reconstructor(model: maskvlm.MaskVLM, params, tokenizer, mesh,
+                       config: ml_collections.ConfigDict) -> Reconstructor:
+    """The pixel decoder's reconstructions under the training masks (mask.image_ratio of the
+    patches, random), each image with its caption."""
+    patch = model.image["patch_size"]
+    num_patches = (config.data.image_size // patch) ** 2
+    rebuild = serving.host_function(
+        lambda p, images, tokens, patch_mask: model.apply(
+            {"params": p}, images, tokens, patch_mask, method=masked_reconstruction), mesh)
+    return Reconstructor(
+        patch=patch,
+        draw_masks=lambda rng, batch: masking.random_patch_mask(
+            rng, batch, num_patches, config.mask.image_ratio),
+        reconstruct=lambda images, captions, patch_mask: rebuild(
+            params, images, tokenizer.encode(list(captions), config.data.text_length),
+            patch_mask))
