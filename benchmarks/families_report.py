@@ -89,6 +89,7 @@ COLUMNS = (
     ("VQA", "vqa/val/overall"),
     (f"VQA {VQA_SHOTS}-shot", f"vqa/val/{VQA_SHOTS}shot_overall"),
     ("POPE F1 (adv.)", "pope/adversarial/f1"),
+    ("masked-patch MSE", "reconstruction/val/masked_mse"),
 )
 
 
@@ -116,6 +117,10 @@ def evaluate(run: restore.RestoredRun, eval_config) -> dict[str, float]:
         names += GENERATIVE_EVALS
     if "matcher" in run.trainer.CAPABILITIES:
         names += MATCHER_EVALS
+    # FLAVA rebuilds pixels only when its MIM target is pixels (tiny: k-means codes).
+    if "reconstructor" in run.trainer.CAPABILITIES and run.config.get(
+            "mim", {"target": "pixels"})["target"] == "pixels":
+        names += ("reconstruction",)
     return reports.evaluate(run, names, eval_config)
 
 
@@ -140,9 +145,11 @@ def markdown(results: dict, configs: dict, parameters: dict, setup: dict) -> str
         cell(pooled, chance[key]) if key in chance else "0.500" if key.endswith("/acc2") else "—"
         for _, key in COLUMNS])
     # Blind baselines: the probes' image-free scores; VQA's answer prior (the most frequent
-    # train answer per question kind).
+    # train answer per question kind); each masked patch filled with the visible mean colour.
     blind = {key: key.replace("/acc2", "/blind_acc2") for _, key in COLUMNS
-             if key.endswith("/acc2")} | {"vqa/val/overall": "vqa/val/prior_overall"}
+             if key.endswith("/acc2")} | {"vqa/val/overall": "vqa/val/prior_overall",
+                                         "reconstruction/val/masked_mse":
+                                             "reconstruction/val/mean_colour_mse"}
     rows.append(["blind (no image)", "", ""] + [
         cell(pooled, blind[key]) if key in blind else "—" for _, key in COLUMNS])
     vqa_rows = [[FAMILIES[name][0]] + [cell(result, f"vqa/val/{kind}")
@@ -189,6 +196,9 @@ rows, the runs table also the world LM they start from.
 - **CIDEr, VQA, POPE F1**: greedy captions against 5 references (`captioning.py`), closed-set
   VQA accuracy over the four question types (`vqa.py`), and F1 of yes/no polling about present
   and adversarially chosen absent objects (`pope.py`); see docs/generative.md.
+- **masked-patch MSE**: pixels ([-1, 1]) of the masked patches rebuilt from the rest
+  (`reconstruction.py`; MaskVLM's pixel decoder), against filling each with the image's visible
+  mean colour (the blind row); the run's workdir gets the picture, mim_reconstructions.png.
 
 {scores}
 

@@ -42,7 +42,9 @@ def test_markdown_puts_each_number_in_its_column_and_dashes_what_a_family_cannot
                             "pope/adversarial/f1": 0.125, "vqa/val/2shot_overall": 0.25,
                             "vqa/val/count": 0.5, "vqa/val/prior_count": 0.375}
     results["maskvlm_tiny"] = {"itm_retrieval/val/i2t_r1": 0.25,
-                               "itm_compositional/attribute/acc2": 0.75}
+                               "itm_compositional/attribute/acc2": 0.75,
+                               "reconstruction/val/masked_mse": 0.0214,
+                               "reconstruction/val/mean_colour_mse": 0.18}
     parameters = {name: 1_234_567 for name in results}
     outcomes = {name: {"done": "trained", "train_seconds": 61.0, "cpu_seconds": 100.4}
                 for name in configs}
@@ -57,18 +59,18 @@ def test_markdown_puts_each_number_in_its_column_and_dashes_what_a_family_cannot
     assert ("| coca_tiny | `configs/coca.py:tiny` | 300 × 256 | trained in 61 s (100 CPU s) |"
             in lines)
     # Columns: zero-shot, held-out, R@1 x2, 3 probes' acc2, ITM R@1, 3 probes' ITM acc2,
-    # CIDEr, VQA, VQA 2-shot, POPE.
+    # CIDEr, VQA, VQA 2-shot, POPE, masked-patch MSE.
     assert ("| SigLIP | contrastive | 1.23 M | 0.988 | — | — | — | — | — "
-            "| 0.625 | — | — | — | — | — | — | — | — |") in lines
+            "| 0.625 | — | — | — | — | — | — | — | — | — |") in lines
     assert ("| CoCa | generative | 1.23 M | — | — | — | — | — | — | — "
-            "| — | — | — | — | 1.890 | 0.432 | 0.250 | 0.125 |") in lines
+            "| — | — | — | — | 1.890 | 0.432 | 0.250 | 0.125 | — |") in lines
     assert ("| MaskVLM | masking | 1.23 M | — | — | — | — | — | — | — "
-            "| 0.250 | — | 0.750 | — | — | — | — | — |") in lines
+            "| 0.250 | — | 0.750 | — | — | — | — | — | 0.021 |") in lines
     assert ("| chance |  |  | 0.042 | — | — | — | 0.500 | 0.500 | 0.500 | — | 0.500 | 0.500 "
-            "| 0.500 | — | 0.290 | — | — |") in lines
+            "| 0.500 | — | 0.290 | — | — | — |") in lines
     # The blind row: the probes' image-free scores and VQA's answer prior.
     assert ("| blind (no image) |  |  | — | — | — | — | — | — | 0.562 | — | — | — | — | — "
-            "| 0.400 | — | — |") in lines
+            "| 0.400 | — | — | 0.180 |") in lines
     # VQA by type: captioners only; the prior per kind; chance is 1 / the kind's candidates.
     assert "| CoCa | — | 0.500 | — | — | 0.432 | 0.250 |" in lines
     assert "| blind prior | — | 0.375 | — | — | 0.400 | — |" in lines

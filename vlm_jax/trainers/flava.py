@@ -174,7 +174,9 @@ def make_reconstructor(model: flava.Flava, params, tokenizer, mesh,
     """MIM's pixel predictions under the training (BEiT block) masks, scaled back to [-1, 1]
     with each true patch's mean and variance (mim_targets.unnormalize_patches, as MAE shows
     its reconstructions). mim.target="pixels" only; captions are not read."""
-    check_reconstruction(config)
+    if config.mim.target != "pixels":  # served on its own (a report), not through the names
+        raise ValueError(f"FLAVA reconstructs pixels only with mim.target='pixels', not "
+                         f"{config.mim.target!r}")
     patch = model.image["patch_size"]
     grid = config.data.image_size // patch
     num_masked, min_block = masking.beit_mask_sizes(grid, grid, config.mim.mask_ratio)
