@@ -222,3 +222,19 @@ def test_tiny_loss_fn_on_a_pipeline_batch_of_the_mixture():
     # At init the code / token / match terms sit near log(#classes) on the rows they train on.
     assert abs(metrics["mim_loss"] - np.log(16)) < 1.5
     assert abs(metrics["itm_loss"] - np.log(2)) < 0.5
+
+
+def test_a_single_unimodal_format_fills_the_missing_input_and_masks_it():
+    config = flava_config.get_config("tiny")
+    image_batch = {"image": np.ones((3, 32, 32, 3), np.uint8), "num_corrupt": np.zeros(3)}
+    images, texts, rows = flava_trainer._inputs(image_batch, "image_only", config.data, 0)
+    assert texts.shape == (3, config.data.text_length) and (np.asarray(texts) == 0).all()
+    assert np.asarray(rows["image"]).all() and not np.asarray(rows["text"]).any()
+    assert not np.asarray(rows["paired"]).any()
+    text_batch = {"text_tokens": np.ones((2, 24), np.int32)}
+    images, texts, rows = flava_trainer._inputs(text_batch, "text_only", config.data, 0)
+    assert images.shape == (2, 32, 32, 3) and (np.asarray(images) == 0).all()
+    assert np.asarray(rows["text"]).all() and not np.asarray(rows["image"]).any()
+    # One paired format: no masks, the run as before.
+    assert flava_trainer._inputs({**image_batch, "text_tokens": texts[:3]}, "caption",
+                                 config.data, 0)[2] is None
