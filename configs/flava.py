@@ -3,6 +3,11 @@ contrastive + MMM (image, text) + ITM, weight 1 each (HF FlavaForPreTraining's d
 
     configs/flava.py:tiny            the CPU demo (32 px world, patch 8, k-means MIM codes)
     configs/flava.py:variant=B/16    ViT-B/16 towers, a 6-layer multimodal encoder (FLAVA's)
+    configs/flava.py:tiny,unimodal=0.25   a quarter of the examples unimodal: data.mixture =
+                                     (("caption", 0.75), ("image_only", 0.125),
+                                      ("text_only", 0.125)); MIM trains on every row with an
+                                     image, MLM on every row with text, contrastive / MMM /
+                                     ITM on the paired rows (trainers/flava.py)
 
 A term is switched off by its weight: --config.loss.mim_weight=0. MIM targets:
 --config.mim.target=pixels|kmeans|vq (vq: with --config.mim.vq_workdir=<a configs/vq.py run>
@@ -19,7 +24,7 @@ from vlm_jax.data.tokenizer import PAD_ID
 
 def get_config(arg=None):
     arg = parse_arg(arg, tiny=False, variant="B/16", batch=256, steps=0, image_size=0,
-                    text_length=0)
+                    text_length=0, unimodal=0.0)
     c = common.base_config()
     c.trainer = "flava"
     c.data.special_tokens = ("[MASK]",)
@@ -46,6 +51,13 @@ def get_config(arg=None):
     c.mim = dict(target="kmeans", num_codes=1024, fit_images=512, mask_ratio=75 / 196,
                  vq_workdir="")
     c.evals.names = ("zeroshot", "retrieval", "compositional")
+    if arg.unimodal:
+        if not 0.0 < arg.unimodal < 1.0:
+            raise ValueError(f"unimodal={arg.unimodal} is the fraction of unimodal examples: "
+                             "give one in (0, 1)")
+        half = arg.unimodal / 2  # split evenly between image-only and text-only examples
+        c.data.mixture = (("caption", 1.0 - arg.unimodal), ("image_only", half),
+                          ("text_only", half))
     if arg.tiny:
         c.model.embed_dim = 64
         c.mim.update(num_codes=64, fit_images=256)

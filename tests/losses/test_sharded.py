@@ -233,3 +233,106 @@ def test_trainer_rejects_a_sharded_variant_without_mesh_or_an_unknown_one():
     config.loss.variant = "shuffle"
     with pytest.raises(ValueError, match="'shuffle' must be one of gspmd, gather, ring"):
         trainer.make_loss_fn(None, config, mesh=_mesh(8, 1, 1))
+
+
+# A row mask (`valid`): the loss of the valid rows alone, every variant alike.
+
+# Invalid rows: scattered, plus every row of device 2 of 8 (a chunk with no valid text) and
+# of the first 15 rows (device 0's, so a device whose images are all masked).
+_VALID = np.ones(BATCH, bool)
+_VALID[[3, 17, 18, 64, 101, 119]] = False
+_VALID[30:45] = False
+_VALID[0:15] = False
+
+
+def _masked_reference(loss, x, y, valid, label_smoothing=0.0):
+    """The unmasked reference (`_reference`'s functions) on the valid rows alone, with the
+    gradients scattered back to the full batch (zero on the invalid rows)."""
+    rows = np.flatnonzero(valid)
+    value, metrics, grads = (_reference(loss, x[rows], y[rows]) if not label_smoothing
+                             else _smoothed_reference(x[rows], y[rows], label_smoothing))
+    full = []
+    for g, a in zip(grads[:2], (x, y)):
+        z = np.zeros_like(a)
+        z[rows] = g
+        full.append(z)
+    return value, metrics, (*full, *grads[2:])
+
+
+def _smoothed_reference(x, y, label_smoothing):
+    from vlm_jax.losses.contrastive import softmax_loss_on_logits
+
+    fn = lambda a, b, s, c: softmax_loss_on_logits(s * a @ b.T, label_smoothing)
+    (value, metrics), grads = jax.value_and_grad(fn, argnums=(0, 1, 2, 3), has_aux=True)(
+        x, y, np.float32(SCALE), np.float32(BIAS))
+    return value, metrics, grads
+
+
+def _sharded_masked(loss, variant, bidirectional, mesh, x, y, valid, label_smoothing=0.0):
+    from vlm_jax.losses.sharded import dot_score, sharded_pair_loss
+
+    def fn(a, b, s, c, v):
+        params = {"scale": s} if loss == "softmax" else {"scale": s, "bias": c}
+        return sharded_pair_loss(loss, a, b, dot_score, params, mesh, variant,
+                                 bidirectional=bidirectional, label_smoothing=label_smoothing,
+                                 valid=v)
+
+    rows = NamedSharding(mesh, PartitionSpec(parallel.BATCH_AXES))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    args = [jax.device_put(x, rows), jax.device_put(y, rows),
+            jax.device_put(np.float32(SCALE), replicated),
+            jax.device_put(np.float32(BIAS), replicated), jax.device_put(valid, rows)]
+    step = jax.jit(jax.value_and_grad(fn, argnums=(0, 1, 2, 3), has_aux=True))
+    (value, metrics), grads = step(*args)
+    return value, metrics, grads
+
+
+@pytest.mark.parametrize("loss", ["softmax", "sigmoid"])
+@pytest.mark.parametrize("variant,bidirectional,num_devices", [
+    *[(v, d, 8) for v, d in VARIANTS],
+    # An odd ring: the mask rides both ways round and skips the last left-going visit.
+    ("ring", True, 3), pytest.param("gather", False, 3, marks=pytest.mark.slow),
+    pytest.param("ring", False, 3, marks=pytest.mark.slow)])
+def test_masked_variant_equals_reference_on_the_valid_rows(loss, variant, bidirectional,
+                                                           num_devices):
+    # Invalid rows are neither positives nor negatives: the loss, accuracy and gradients are
+    # those of the valid rows alone, and an invalid row's gradient is exactly 0.
+    x, y = _embeddings()
+    got = _sharded_masked(loss, variant, bidirectional, _mesh(num_devices, 1, 1), x, y, _VALID)
+    _assert_equal_to_reference(loss, got, _masked_reference(loss, x, y, _VALID))
+    for g in got[2][:2]:
+        assert np.all(np.asarray(g)[~_VALID] == 0.0)
+
+
+@pytest.mark.parametrize("variant,bidirectional", VARIANTS)
+def test_masked_softmax_with_label_smoothing_equals_reference(variant, bidirectional):
+    x, y = _embeddings()
+    got = _sharded_masked("softmax", variant, bidirectional, _mesh(4, 1, 1), x, y, _VALID, 0.1)
+    _assert_equal_to_reference("softmax", got, _masked_reference("softmax", x, y, _VALID, 0.1))
+
+
+def test_all_true_mask_equals_no_mask(references):
+    x, y, refs = references
+    for loss in ("softmax", "sigmoid"):
+        got = _sharded_masked(loss, "ring", True, _mesh(8, 1, 1), x, y, np.ones(BATCH, bool))
+        _assert_equal_to_reference(loss, got, refs[loss])
+
+
+def test_masked_losses_match_a_numpy_formula():
+    # Independent of the JAX code: the CLIP and SigLIP losses written out in NumPy (float64)
+    # over the valid rows of the masked batch.
+    from vlm_jax.losses.contrastive import sigmoid_loss_on_logits, softmax_loss_on_logits
+
+    x, y = _embeddings(1)
+    logits = SCALE * np.float64(x) @ np.float64(y).T
+    rows = np.flatnonzero(_VALID)
+    sub = logits[np.ix_(rows, rows)]
+    lse = lambda a, axis: np.log(np.sum(np.exp(a), axis=axis))
+    want_softmax = 0.5 * (np.mean(lse(sub, 1) - np.diag(sub))
+                          + np.mean(lse(sub, 0) - np.diag(sub)))
+    z = 2 * np.eye(len(rows)) - 1
+    want_sigmoid = np.sum(np.log1p(np.exp(-z * (sub + BIAS)))) / len(rows)
+    got_softmax, _ = softmax_loss_on_logits(np.float32(logits), valid=_VALID)
+    got_sigmoid, _ = sigmoid_loss_on_logits(np.float32(logits + BIAS), valid=_VALID)
+    np.testing.assert_allclose(got_softmax, want_softmax, rtol=1e-5)
+    np.testing.assert_allclose(got_sigmoid, want_sigmoid, rtol=1e-5)

@@ -44,10 +44,12 @@ def sharded_softmax_contrastive_loss(
     *,
     batch_axes: Sequence[str] = BATCH_AXES,
     bidirectional: bool = False,
+    valid: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Symmetric InfoNCE (equal to `contrastive.softmax_contrastive_loss`) computed by `variant`."""
     return sharded_pair_loss("softmax", image_emb, text_emb, dot_score, {"scale": logit_scale},
-                             mesh, variant, batch_axes=batch_axes, bidirectional=bidirectional)
+                             mesh, variant, batch_axes=batch_axes, bidirectional=bidirectional,
+                             valid=valid)
 
 
 def sharded_sigmoid_contrastive_loss(
@@ -60,11 +62,12 @@ def sharded_sigmoid_contrastive_loss(
     *,
     batch_axes: Sequence[str] = BATCH_AXES,
     bidirectional: bool = False,
+    valid: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """SigLIP loss (equal to `contrastive.sigmoid_contrastive_loss`) computed by `variant`."""
     return sharded_pair_loss("sigmoid", image_emb, text_emb, dot_score,
                              {"scale": logit_scale, "bias": logit_bias}, mesh, variant,
-                             batch_axes=batch_axes, bidirectional=bidirectional)
+                             batch_axes=batch_axes, bidirectional=bidirectional, valid=valid)
 
 
 def dot_score(image_emb: jax.Array, text_emb: jax.Array, params: dict) -> jax.Array:
@@ -84,6 +87,7 @@ def sharded_pair_loss(
     batch_axes: Sequence[str] = BATCH_AXES,
     bidirectional: bool = False,
     label_smoothing: float = 0.0,
+    valid: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The `name` ("softmax" | "sigmoid") loss of the logits `score(image_rows, text_emb,
     score_params)` [B, B], equal to `contrastive.LOSSES_ON_LOGITS[name]`, computed by `variant`.
@@ -93,6 +97,11 @@ def sharded_pair_loss(
     chunk of texts is that block of the logits): `image_rows` [B, ...] are per-image inputs
     (an embedding, or Llip's K mixture vectors), `score_params` a pytree of replicated
     parameters (scale, bias, Llip's attention kernels) that gets gradients like the rest.
+
+    `valid` bool [B] (None: every row) keeps only the valid pairs: an invalid row is neither a
+    positive nor a negative, gets gradient 0, and the loss and accuracy are normalised by the
+    number of valid rows (the loss of the valid rows alone; every variant alike). The mask is
+    split like the rows, and in the ring it travels with its texts.
     """
     _check_variant(variant)
     if name not in contrastive.LOSSES_ON_LOGITS:
@@ -103,7 +112,9 @@ def sharded_pair_loss(
     smoothing = dict(label_smoothing=label_smoothing) if name == "softmax" else {}
     if variant == "gspmd":
         return contrastive.LOSSES_ON_LOGITS[name](score(image_rows, text_emb, score_params),
-                                                  **smoothing)
+                                                  **smoothing, valid=valid)
+    if valid is None:
+        valid = jnp.ones(image_rows.shape[:1], bool)
     axes = tuple(batch_axes)
     n = _num_shards(mesh, axes)
     body = {("softmax", "gather"): _softmax_gather, ("sigmoid", "gather"): _sigmoid_gather,
@@ -111,7 +122,7 @@ def sharded_pair_loss(
     options = dict(bidirectional=bidirectional) if variant == "ring" else {}
     options.update(smoothing)
     per_device = functools.partial(body, score=score, axes=axes, n=n, **options)
-    return _on_mesh(per_device, mesh, axes)(image_rows, text_emb, score_params)
+    return _on_mesh(per_device, mesh, axes)(image_rows, text_emb, score_params, valid)
 
 
 def _check_variant(variant: str) -> None:
@@ -137,158 +148,184 @@ def _on_mesh(per_device, mesh: Mesh, axes: tuple[str, ...]):
     return jax.shard_map(
         per_device,
         mesh=mesh,
-        in_specs=(rows, rows, replicated),
+        in_specs=(rows, rows, replicated, rows),
         out_specs=(replicated, {"loss": replicated, "i2t_accuracy": replicated}),
     )
 
 
 # Per-device bodies: x [b, ...] this device's images, y [b, D] its texts, p the score's
-# parameters, n devices in the ring.
+# parameters, v bool [b] which of this device's rows are valid (its images and its texts),
+# n devices in the ring. A block's pair (i, j) counts when both v_i and v_j hold.
 
 
-def _softmax_gather(x, y, p, *, score, axes, n, label_smoothing):
+def _softmax_gather(x, y, p, v, *, score, axes, n, label_smoothing):
     b = x.shape[0]
     position = lax.axis_index(axes)
     texts = lax.all_gather(y, axes, tiled=True)  # [B, D]
+    text_valid = lax.all_gather(v, axes, tiled=True)  # [B]
+    count = _valid_count(v, axes)
     logits = score(x, texts, p)  # [b, B]: this device's rows
+    keep = v[:, None] & text_valid[None, :]
+    kept = contrastive.masked_logits(logits, keep)
     own = position * b + jnp.arange(b)  # labels: this device's texts in the global order
     positive = jnp.take_along_axis(logits, own[:, None], axis=1)[:, 0]
-    row_lse = jax.nn.logsumexp(logits, axis=1)
+    row_lse = jax.nn.logsumexp(kept, axis=1)
     # Column normalisers need every device's rows: reduce-scatter exp-sums under a shared max,
     # so each device receives the [b] log-sum-exps of its own texts' columns.
-    column_partial = jax.nn.logsumexp(logits, axis=0)  # [B]
+    column_partial = jax.nn.logsumexp(kept, axis=0)  # [B]
     column_max = lax.pmax(lax.stop_gradient(column_partial), axes)
     column_sum = lax.psum_scatter(jnp.exp(column_partial - column_max), axes,
                                   scatter_dimension=0, tiled=True)  # [b]
     column_lse = lax.dynamic_slice_in_dim(column_max, position * b, b) + jnp.log(column_sum)
-    loss_sum = (jnp.sum(row_lse) + jnp.sum(column_lse)
-                - 2 * (1 - label_smoothing) * jnp.sum(positive)
-                - 2 * label_smoothing / (n * b) * jnp.sum(logits))  # smoothing: this block's share
-    others = jnp.where(jnp.arange(n * b)[None, :] == own[:, None], -jnp.inf, logits)
-    return _finish(0.5 * loss_sum, _count_correct(positive, others.max(axis=1)), axes, n * b)
+    loss_sum = (0.5 * (_valid_sum(row_lse, v) + _valid_sum(column_lse, v))
+                - (1 - label_smoothing) * _valid_sum(positive, v)
+                - label_smoothing / count * _valid_sum(logits, keep))  # this block's share
+    is_pair = jnp.arange(n * b)[None, :] == own[:, None]
+    others = jnp.where(is_pair | ~keep, -jnp.inf, logits)
+    return _finish(loss_sum, _count_correct(positive, others.max(axis=1), v), axes, count)
 
 
-def _sigmoid_gather(x, y, p, *, score, axes, n):
+def _sigmoid_gather(x, y, p, v, *, score, axes, n):
     b = x.shape[0]
     texts = lax.all_gather(y, axes, tiled=True)  # [B, D]
+    text_valid = lax.all_gather(v, axes, tiled=True)  # [B]
     logits = score(x, texts, p)  # [b, B]
+    keep = v[:, None] & text_valid[None, :]
     own = lax.axis_index(axes) * b + jnp.arange(b)
     is_pair = jnp.arange(n * b)[None, :] == own[:, None]
     labels = jnp.where(is_pair, 1.0, -1.0).astype(logits.dtype)
-    loss_sum = -jnp.sum(jax.nn.log_sigmoid(labels * logits))
+    loss_sum = -_valid_sum(jax.nn.log_sigmoid(labels * logits), keep)
     positive = jnp.take_along_axis(logits, own[:, None], axis=1)[:, 0]
-    others = jnp.where(is_pair, -jnp.inf, logits)
-    return _finish(loss_sum, _count_correct(positive, others.max(axis=1)), axes, n * b)
+    others = jnp.where(is_pair | ~keep, -jnp.inf, logits)
+    return _finish(loss_sum, _count_correct(positive, others.max(axis=1), v), axes,
+                   _valid_count(v, axes))
 
 
-def _softmax_ring(x, y, p, *, score, axes, n, bidirectional, label_smoothing):
+def _softmax_ring(x, y, p, v, *, score, axes, n, bidirectional, label_smoothing):
     ring = functools.partial(_ring, axes=axes, n=n, bidirectional=bidirectional)
-    uniform_weight = label_smoothing / (n * x.shape[0])  # e / B on every logit (smoothing)
 
-    def forward(x, y, p):
+    def forward(x, y, p, v):
         # Row log-sum-exps (this device's images) stay; column ones ride with their texts.
-        def visit(stay, texts, column_lse, paired):
+        def visit(stay, chunk, column_lse, paired):
             row_lse, pairs, logit_sum = stay
+            texts, text_valid = chunk
             logits = score(x, texts, p)  # [b, b]
-            row_lse = jnp.logaddexp(row_lse, jax.nn.logsumexp(logits, axis=1))
-            column_lse = jnp.logaddexp(column_lse, jax.nn.logsumexp(logits, axis=0))
-            logit_sum = logit_sum + jnp.sum(lax.stop_gradient(logits))
-            return (row_lse, _track_pairs(pairs, logits, paired), logit_sum), column_lse
+            keep = v[:, None] & text_valid[None, :]
+            kept = contrastive.masked_logits(logits, keep)
+            row_lse = jnp.logaddexp(row_lse, jax.nn.logsumexp(kept, axis=1))
+            column_lse = jnp.logaddexp(column_lse, jax.nn.logsumexp(kept, axis=0))
+            logit_sum = logit_sum + _valid_sum(lax.stop_gradient(logits), keep)
+            return (row_lse, _track_pairs(pairs, logits, paired, keep), logit_sum), column_lse
 
         minus_inf = _fill(x, -jnp.inf)
         (row_lse, (positive, best), logit_sum), column_lse = ring(
-            visit, (minus_inf, _no_pairs(x), _fill(x, 0.0).sum()), y, minus_inf,
+            visit, (minus_inf, _no_pairs(x), _fill(x, 0.0).sum()), (y, v), minus_inf,
             merge=jnp.logaddexp)
-        loss_sum = (0.5 * (jnp.sum(row_lse) + jnp.sum(column_lse))
-                    - (1 - label_smoothing) * jnp.sum(positive) - uniform_weight * logit_sum)
-        return (loss_sum, _count_correct(positive, best)), (x, y, p, row_lse, column_lse)
+        uniform_weight = label_smoothing / _valid_count(v, axes)  # e / V on every kept logit
+        loss_sum = (0.5 * (_valid_sum(row_lse, v) + _valid_sum(column_lse, v))
+                    - (1 - label_smoothing) * _valid_sum(positive, v)
+                    - uniform_weight * logit_sum)
+        return (loss_sum, _count_correct(positive, best, v)), (x, y, p, v, row_lse, column_lse)
 
-    def block_loss(x, texts, p, column_lse, paired, row_lse):
+    def block_loss(x, texts, p, column_lse, paired, text_valid, *, row_lse, row_valid,
+                   uniform_weight):
         # Holding the normalisers fixed, d/dlogits = 0.5 (softmax_rows + softmax_columns)
-        # - (1 - e) pairs - e / B, the block's share of the loss gradient.
+        # - (1 - e) pairs - e / V, the block's share of the loss gradient (kept pairs only:
+        # the masked logits get no gradient through `masked_logits`).
         logits = score(x, texts, p)
-        loss = 0.5 * (jnp.sum(jnp.exp(logits - row_lse[:, None]))
-                      + jnp.sum(jnp.exp(logits - column_lse[None, :])))
-        loss = loss - uniform_weight * jnp.sum(logits)
-        return loss - jnp.where(paired, (1 - label_smoothing) * jnp.trace(logits), 0.0)
+        keep = row_valid[:, None] & text_valid[None, :]
+        kept = contrastive.masked_logits(logits, keep)
+        loss = 0.5 * (jnp.sum(jnp.exp(kept - row_lse[:, None]))
+                      + jnp.sum(jnp.exp(kept - column_lse[None, :])))
+        loss = loss - uniform_weight * _valid_sum(logits, keep)
+        return loss - jnp.where(paired, (1 - label_smoothing) * _valid_sum(
+            jnp.diagonal(logits), row_valid), 0.0)
 
     def backward(residuals, cotangents):
-        x, y, p, row_lse, column_lse = residuals
-        block = functools.partial(block_loss, row_lse=row_lse)
-        return _ring_backward(block, cotangents[0], x, y, p, column_lse, ring, axes)
+        x, y, p, v, row_lse, column_lse = residuals
+        block = functools.partial(block_loss, row_lse=row_lse, row_valid=v,
+                                  uniform_weight=label_smoothing / _valid_count(v, axes))
+        return _ring_backward(block, cotangents[0], x, y, p, v, column_lse, ring, axes)
 
-    return _with_ring_gradient(forward, backward, x, y, p, axes=axes, n=n)
+    return _with_ring_gradient(forward, backward, x, y, p, v, axes=axes)
 
 
-def _sigmoid_ring(x, y, p, *, score, axes, n, bidirectional):
+def _sigmoid_ring(x, y, p, v, *, score, axes, n, bidirectional):
     ring = functools.partial(_ring, axes=axes, n=n, bidirectional=bidirectional)
 
-    def forward(x, y, p):
-        def visit(stay, texts, travel, paired):
+    def forward(x, y, p, v):
+        def visit(stay, chunk, travel, paired):
             loss_sum, pairs = stay
+            texts, text_valid = chunk
             logits = score(x, texts, p)  # [b, b]
-            loss_sum = loss_sum + _sigmoid_nll(logits, paired)
-            return (loss_sum, _track_pairs(pairs, logits, paired)), travel
+            keep = v[:, None] & text_valid[None, :]
+            loss_sum = loss_sum + _sigmoid_nll(logits, paired, keep)
+            return (loss_sum, _track_pairs(pairs, logits, paired, keep)), travel
 
         stay = (_fill(x, 0.0).sum(), _no_pairs(x))
-        (loss_sum, (positive, best)), _ = ring(visit, stay, y, None)
-        return (loss_sum, _count_correct(positive, best)), (x, y, p)
+        (loss_sum, (positive, best)), _ = ring(visit, stay, (y, v), None)
+        return (loss_sum, _count_correct(positive, best, v)), (x, y, p, v)
 
-    def block_loss(x, texts, p, stats, paired):
+    def block_loss(x, texts, p, stats, paired, text_valid, *, row_valid):
         del stats  # the sigmoid loss is a plain sum over pairs: no normalisers
-        return _sigmoid_nll(score(x, texts, p), paired)
+        return _sigmoid_nll(score(x, texts, p), paired, row_valid[:, None] & text_valid[None, :])
 
     def backward(residuals, cotangents):
-        x, y, p = residuals
-        return _ring_backward(block_loss, cotangents[0], x, y, p, None, ring, axes)
+        x, y, p, v = residuals
+        block = functools.partial(block_loss, row_valid=v)
+        return _ring_backward(block, cotangents[0], x, y, p, v, None, ring, axes)
 
-    return _with_ring_gradient(forward, backward, x, y, p, axes=axes, n=n)
+    return _with_ring_gradient(forward, backward, x, y, p, v, axes=axes)
 
 
-def _sigmoid_nll(logits, paired):
-    """-sum log sigmoid(z * logits) of one block; z = +1 on the diagonal of the paired block."""
+def _sigmoid_nll(logits, paired, keep):
+    """-sum log sigmoid(z * logits) over one block's kept pairs; z = +1 on the diagonal of the
+    paired block."""
     is_pair = paired & jnp.eye(logits.shape[0], dtype=bool)
-    return -jnp.sum(jax.nn.log_sigmoid(jnp.where(is_pair, logits, -logits)))
+    return -_valid_sum(jax.nn.log_sigmoid(jnp.where(is_pair, logits, -logits)), keep)
 
 
-def _with_ring_gradient(forward, backward, x, y, p, *, axes, n):
+def _with_ring_gradient(forward, backward, x, y, p, v, *, axes):
     """The ring's loss with its gradient computed by a second ring (`backward`).
 
     Differentiating through the forward scan would keep every round's received text chunk for
     the backward pass: n [b, D] buffers, memory growing with the ring. Instead the backward
     pass sends the chunks round again, recomputing each [b, b] block (the rematerialisation),
     and each chunk's gradient travels with it back to its owner, so memory stays flat in n.
+    The row mask `v` is an input without a gradient (its cotangent is None).
     """
 
     @jax.custom_vjp
-    def ring_loss(x, y, p):
-        return forward(x, y, p)[0]
+    def ring_loss(x, y, p, v):
+        return forward(x, y, p, v)[0]
 
-    ring_loss.defvjp(forward, backward)
-    loss_sum, correct = ring_loss(x, y, p)
-    return _finish(loss_sum, correct, axes, n * x.shape[0])
+    ring_loss.defvjp(forward, lambda residuals, cotangents: (*backward(residuals, cotangents),
+                                                              None))
+    loss_sum, correct = ring_loss(x, y, p, v)
+    return _finish(loss_sum, correct, axes, _valid_count(v, axes))
 
 
-def _ring_backward(block_loss, cotangent, x, y, p, text_stats, ring, axes):
+def _ring_backward(block_loss, cotangent, x, y, p, v, text_stats, ring, axes):
     """(dx, dy, dp) of sum over blocks of `block_loss`, scaled by `cotangent`.
 
-    `block_loss(x, texts, p, stats, paired)` is one block's loss with any normalisers
-    (`stats` of those texts, riding with them) held fixed. The score parameters are marked
-    per-device so their gradients add up locally, then are summed over the ring once at the end.
+    `block_loss(x, texts, p, stats, paired, text_valid)` is one block's loss with any
+    normalisers (`stats` of those texts, riding with them with their mask `text_valid`) held
+    fixed. The score parameters are marked per-device so their gradients add up locally, then
+    are summed over the ring once at the end.
     """
     tree_map = jax.tree_util.tree_map
     p = tree_map(lambda a: lax.pcast(a, axes, to="varying"), p)
 
     def visit(stay, chunk, dtexts, paired):
         dx, dp = stay
-        texts, stats = chunk
+        texts, text_valid, stats = chunk
         _, pullback = jax.vjp(
-            lambda x, texts, p: block_loss(x, texts, p, stats, paired), x, texts, p)
+            lambda x, texts, p: block_loss(x, texts, p, stats, paired, text_valid), x, texts, p)
         dx_block, dtexts_block, dp_block = pullback(cotangent)
         return (dx + dx_block, tree_map(jnp.add, dp, dp_block)), dtexts + dtexts_block
 
     stay = (jnp.zeros_like(x), tree_map(jnp.zeros_like, p))
-    (dx, dp), dy = ring(visit, stay, (y, text_stats), jnp.zeros_like(y))
+    (dx, dp), dy = ring(visit, stay, (y, v, text_stats), jnp.zeros_like(y))
     return dx, dy, tree_map(lambda d: lax.psum(d, axes), dp)
 
 
@@ -364,13 +401,13 @@ def _no_pairs(x):
     return _fill(x, 0.0), _fill(x, -jnp.inf)
 
 
-def _track_pairs(pairs, logits, paired):
-    """Update each row's own-pair score and its best score among the other texts."""
+def _track_pairs(pairs, logits, paired, keep):
+    """Update each row's own-pair score and its best score among the other kept texts."""
     positive, best = pairs
     logits = lax.stop_gradient(logits)
     is_pair = paired & jnp.eye(logits.shape[0], dtype=bool)
     positive = positive + jnp.where(paired, jnp.diagonal(logits), 0.0)
-    best = jnp.maximum(best, jnp.where(is_pair, -jnp.inf, logits).max(axis=1))
+    best = jnp.maximum(best, jnp.where(is_pair | ~keep, -jnp.inf, logits).max(axis=1))
     return positive, best
 
 
@@ -382,14 +419,28 @@ def _shift(tree, axes, n, steps: int):
     return jax.tree_util.tree_map(lambda a: lax.ppermute(a, axes, perm), tree)
 
 
-def _count_correct(positive, best_other):
-    """How many of this device's images score their own text strictly above every other."""
-    correct = lax.stop_gradient(positive) > lax.stop_gradient(best_other)
+def _valid_sum(values, keep):
+    """Sum of `values` where `keep` (a `where`, so a dropped entry passes no gradient)."""
+    return jnp.sum(jnp.where(keep, values, 0.0))
+
+
+def _valid_count(v, axes):
+    """The number of valid rows over the whole batch, at least 1 (as in `contrastive`)."""
+    return jnp.maximum(lax.psum(jnp.sum(v.astype(jnp.float32)), axes), 1.0)
+
+
+def _count_correct(positive, best_other, v):
+    """How many of this device's valid images score their own text strictly above every
+    other kept text."""
+    correct = v & (lax.stop_gradient(positive) > lax.stop_gradient(best_other))
     return jnp.sum(correct).astype(jnp.float32)
 
 
-def _finish(loss_sum, correct, axes, global_batch: int):
-    """Sum the per-device parts over the batch axes and normalise by the global batch."""
-    loss = lax.psum(loss_sum, axes) / global_batch
-    accuracy = lax.psum(correct, axes) / global_batch
+def _finish(loss_sum, correct, axes, count):
+    """Sum the per-device parts over the batch axes and normalise by the number of valid
+    rows `count` (global, already summed). Times the reciprocal, as `jnp.mean` rounds (and as
+    XLA rounds a division by the constant batch size), so an all-valid mask changes nothing."""
+    inverse = 1.0 / count
+    loss = lax.psum(loss_sum, axes) * inverse
+    accuracy = lax.psum(correct, axes) * inverse
     return loss, {"loss": loss, "i2t_accuracy": accuracy}

@@ -20,8 +20,10 @@ Term = Callable[..., tuple]
 
 
 def pair_loss_term(name: str, loss_config: ml_collections.ConfigDict, mesh=None):
-    """term(image_rows, text_emb, score, score_params) -> (loss, metrics): the `name` loss of
-    the pair logits `score(...)`, spread over devices per config (`sharded.sharded_pair_loss`).
+    """term(image_rows, text_emb, score, score_params, valid=None) -> (loss, metrics): the
+    `name` loss of the pair logits `score(...)`, spread over devices per config
+    (`sharded.sharded_pair_loss`); `valid` bool [B] restricts it to those rows (positives and
+    negatives alike), e.g. the paired rows of a batch mixing unimodal examples.
 
     `loss_config.variant` picks how (vlm_jax/losses/sharded.py): "gspmd" (default) needs no
     mesh; "gather" and "ring" run on `mesh`'s batch axes. Shared by every trainer with a
@@ -42,24 +44,25 @@ def pair_loss_term(name: str, loss_config: ml_collections.ConfigDict, mesh=None)
         raise ValueError(f"loss.variant {variant!r} runs on the device mesh, but make_loss_fn "
                          "got mesh=None: pass the run's mesh, or use loss.variant=gspmd")
 
-    def term(image_rows, text_emb, score, score_params):
+    def term(image_rows, text_emb, score, score_params, valid=None):
         return sharded.sharded_pair_loss(name, image_rows, text_emb, score, score_params, mesh,
                                          variant, bidirectional=bidirectional,
-                                         label_smoothing=label_smoothing)
+                                         label_smoothing=label_smoothing, valid=valid)
 
     return term
 
 
 def contrastive_term(name: str, loss_config: ml_collections.ConfigDict, mesh=None) -> Term:
-    """term(image_emb, text_emb, extras) -> (loss, metrics): `pair_loss_term` on the dot-product
-    logits t x.y (+ b for the sigmoid loss; the softmax is blind to a constant bias)."""
+    """term(image_emb, text_emb, extras, valid=None) -> (loss, metrics): `pair_loss_term` on the
+    dot-product logits t x.y (+ b for the sigmoid loss; the softmax is blind to a constant
+    bias), over the `valid` rows only when given."""
     pair_term = pair_loss_term(name, loss_config, mesh)
 
-    def term(image_emb, text_emb, extras):
+    def term(image_emb, text_emb, extras, valid=None):
         params = {"scale": extras["logit_scale"]}
         if name == "sigmoid":
             params["bias"] = extras["logit_bias"]
-        return pair_term(image_emb, text_emb, sharded.dot_score, params)
+        return pair_term(image_emb, text_emb, sharded.dot_score, params, valid)
 
     return term
 

@@ -11,6 +11,12 @@ Per step, inside the jitted step (masks from the step rng, so a resumed run draw
   * mmm_image / mmm_text  the multimodal states of the masked pass, on matched rows only;
   * itm          2-way CE on [CLS_M] of the masked pass.
 How this differs from HF FlavaForPreTraining is in docs/masking.md.
+
+Unimodal examples: with data.mixture of caption, image_only and text_only (batches carry
+format_id), each term trains on the rows that have its inputs (`row_kinds`): MIM on rows with
+an image, MLM on rows with a caption, contrastive / MMM / ITM on the paired rows only. An
+unpaired row is no contrastive negative, and ITM swaps take captions of other paired rows only.
+A batch without format_id (one format) is paired throughout, as before.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import ml_collections
 import numpy as np
 
 from vlm_jax import masking, mim_targets, serving, vq_tokenizer
+from vlm_jax.data import formats
 from vlm_jax.data import tokenizer as tokenizers
 from vlm_jax.data.world import World
 from vlm_jax.evals.reconstruction import Reconstructor
@@ -35,6 +42,7 @@ from vlm_jax.trainers import image_text_init_batch
 CAPABILITIES = frozenset({"scorer", "matcher", "reconstructor"})  # reconstructor: pixels only
 TERMS = ("contrastive", "mim", "mlm", "mmm_image", "mmm_text", "itm")
 MASK_TOKEN = "[MASK]"
+FORMATS = ("caption", "image_only", "text_only")  # the data formats FLAVA trains on
 
 
 def init_batch(config: ml_collections.ConfigDict) -> dict:
@@ -42,10 +50,23 @@ def init_batch(config: ml_collections.ConfigDict) -> dict:
     return image_text_init_batch(config)
 
 
-def swap_captions(rng: jax.Array, text_tokens: jax.Array, rate: float):
+def swap_captions(rng: jax.Array, text_tokens: jax.Array, rate: float,
+                  paired: jax.Array | None = None):
     """(texts [B, L], itm_labels int32 [B]): each row with probability `rate` takes the caption
-    of another row (offset 1..B-1, so never its own index) and gets label 0."""
+    of another row (offset 1..B-1, so never its own index) and gets label 0.
+
+    With `paired` bool [B], only paired rows swap, and only to the caption of another paired
+    row (drawn uniformly): an unpaired row's text is a text-only caption or padding. A row
+    with no other paired row keeps its own caption."""
     batch = text_tokens.shape[0]
+    if paired is not None:
+        k_swap, k_donor = jax.random.split(rng)
+        eligible = paired[None, :] & ~jnp.eye(batch, dtype=bool)  # [row, donor]
+        donor = jnp.argmax(jnp.where(eligible, jax.random.uniform(k_donor, (batch, batch)),
+                                     -1.0), axis=1)
+        swapped = jax.random.bernoulli(k_swap, rate, (batch,)) & paired & eligible.any(1)
+        texts = jnp.where(swapped[:, None], text_tokens[donor], text_tokens)
+        return texts, (~swapped).astype(jnp.int32)
     k_swap, k_offset = jax.random.split(rng)
     swapped = jax.random.bernoulli(k_swap, rate, (batch,))
     donor = (jnp.arange(batch) + jax.random.randint(k_offset, (batch,), 1, max(batch, 2))) % batch
@@ -86,9 +107,30 @@ def check_reconstruction(config: ml_collections.ConfigDict) -> None:
                          "config.evals.names")
 
 
+def row_kinds(format_id: jax.Array) -> dict[str, jax.Array]:
+    """{"image", "text", "paired"}: bool [B] masks of the rows with an image, with a caption,
+    and with both, from format_id int32 [B] (indices into data.formats.FORMATS)."""
+    index = {name: formats.FORMATS.index(name) for name in FORMATS}
+    paired = format_id == index["caption"]
+    return {"image": paired | (format_id == index["image_only"]),
+            "text": paired | (format_id == index["text_only"]), "paired": paired}
+
+
+def _check_formats(data_config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    names = tuple(name for name, _ in formats.mixture_of(data_config))
+    unknown = [name for name in names if name not in FORMATS]
+    if unknown:
+        raise ValueError(f"FLAVA trains on data formats {', '.join(FORMATS)}, not "
+                         f"{', '.join(unknown)}: set data.format or data.mixture to those")
+    return names
+
+
 def make_loss_fn(model: flava.Flava, config: ml_collections.ConfigDict, mesh=None):
     """loss_fn(params, batch, rng) -> (loss, metrics): see the module docstring."""
     loss_config, mim = config.loss, config.mim
+    # One format alone: its rows are all of one kind, and the batch lacks the other input.
+    only = _check_formats(config.data)
+    only = only[0] if len(only) == 1 else None
     weights = terms.term_weights(loss_config, TERMS)
     patch = model.image["patch_size"]
     grid = config.data.image_size // patch
@@ -106,9 +148,10 @@ def make_loss_fn(model: flava.Flava, config: ml_collections.ConfigDict, mesh=Non
     contrastive = terms.contrastive_term("softmax", loss_config, mesh)
 
     def loss_fn(params, batch, rng):
-        images, text_tokens = batch["image"], batch["text_tokens"]
+        images, text_tokens, rows = _inputs(batch, only, config.data, tokenizer.pad_id)
         k_itm, k_image, k_text = jax.random.split(rng, 3)
-        mm_texts, itm_labels = swap_captions(k_itm, text_tokens, loss_config.itm_rate)
+        mm_texts, itm_labels = swap_captions(k_itm, text_tokens, loss_config.itm_rate,
+                                             None if rows is None else rows["paired"])
         maskable = (mm_texts != tokenizer.pad_id) & (mm_texts != tokenizer.eos_id)
         masked_tokens, mlm_mask = masking.mlm_corrupt(
             k_text, mm_texts, maskable, loss_config.mlm_rate, mask_id, model.vocab_size, avoid)
@@ -117,16 +160,47 @@ def make_loss_fn(model: flava.Flava, config: ml_collections.ConfigDict, mesh=Non
         outputs = model.apply({"params": params}, images, text_tokens, patch_mask,
                               masked_tokens)
         return combine(outputs, targets_of(images), patch_mask, mm_texts, mlm_mask, itm_labels,
-                       weights, contrastive, pixel_target)
+                       weights, contrastive, pixel_target, rows)
 
     return loss_fn
 
 
+def _inputs(batch: dict, only: str | None, data_config, pad_id: int):
+    """(images [B, S, S, 3], text_tokens [B, L], rows): a single unimodal format's batch
+    lacks the other input, which is filled (zeros, padding) and masked out by `rows`."""
+    size, length = data_config.image_size, data_config.text_length
+    some = next(iter(batch.values()))
+    images = batch.get("image")
+    if images is None:
+        images = jnp.zeros((some.shape[0], size, size, 3), jnp.uint8)
+    text_tokens = batch.get("text_tokens")
+    if text_tokens is None:
+        text_tokens = jnp.full((some.shape[0], length), pad_id, jnp.int32)
+    if "format_id" in batch:
+        return images, text_tokens, row_kinds(batch["format_id"])
+    if only in (None, "caption"):
+        return images, text_tokens, None
+    fill = jnp.full(images.shape[:1], formats.FORMATS.index(only), jnp.int32)
+    return images, text_tokens, row_kinds(fill)
+
+
 def combine(outputs: dict, image_targets, patch_mask, text_targets, mlm_mask, itm_labels,
-            weights: dict[str, float], contrastive, pixel_target: bool):
+            weights: dict[str, float], contrastive, pixel_target: bool,
+            rows: dict[str, jax.Array] | None = None):
     """(total, metrics): the weighted terms of `Flava.__call__`'s outputs for these masks and
-    labels (MMM on rows with itm_labels 1 only). A term of weight 0 is skipped."""
+    labels (MMM on rows with itm_labels 1 only). A term of weight 0 is skipped.
+
+    `rows` (`row_kinds`; None: every row paired) restricts each term to the rows with its
+    inputs: MIM to "image", MLM to "text", contrastive, MMM and ITM to "paired"."""
     positive = itm_labels.astype(bool)[:, None]
+    paired = None
+    if rows is not None:
+        paired = rows["paired"]
+        patch_mask_image = patch_mask & rows["image"][:, None]
+        mlm_mask_text = mlm_mask & rows["text"][:, None]
+        positive = positive & paired[:, None]
+    else:
+        patch_mask_image, mlm_mask_text = patch_mask, mlm_mask
 
     def image_term(logits, mask):
         if pixel_target:
@@ -134,14 +208,15 @@ def combine(outputs: dict, image_targets, patch_mask, text_targets, mlm_mask, it
         return masking_losses.masked_cross_entropy(logits, image_targets, mask)
 
     compute = {
-        "contrastive": lambda: contrastive(outputs["image_emb"], outputs["text_emb"], outputs),
-        "mim": lambda: image_term(outputs["mim_logits"], patch_mask),
+        "contrastive": lambda: contrastive(outputs["image_emb"], outputs["text_emb"], outputs,
+                                           valid=paired),
+        "mim": lambda: image_term(outputs["mim_logits"], patch_mask_image),
         "mlm": lambda: masking_losses.masked_cross_entropy(outputs["mlm_logits"], text_targets,
-                                                           mlm_mask),
+                                                           mlm_mask_text),
         "mmm_image": lambda: image_term(outputs["mmm_image_logits"], patch_mask & positive),
         "mmm_text": lambda: masking_losses.masked_cross_entropy(
             outputs["mmm_text_logits"], text_targets, mlm_mask & positive),
-        "itm": lambda: masking_losses.matching_loss(outputs["itm_logits"], itm_labels),
+        "itm": lambda: masking_losses.matching_loss(outputs["itm_logits"], itm_labels, paired),
     }
     total, metrics = terms.weighted_sum(compute, weights)
     metrics["logit_scale"] = outputs["logit_scale"]
