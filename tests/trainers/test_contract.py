@@ -21,7 +21,7 @@ def test_builtin_trainers_declare_their_capabilities():
                         "coca": {"scorer", "captioner"}, "vq": set(),
                         "flava": {"scorer", "matcher"}, "maskvlm": {"scorer", "matcher"},
                         "lm": set(), "blip2": {"scorer", "matcher"},
-                        "prefix_lm": {"captioner"}}
+                        "prefix_lm": {"captioner"}, "early_fusion": {"captioner"}}
 
 
 def test_init_batch_is_the_models_sample_inputs():
