@@ -151,12 +151,11 @@ def test_sampled_image_positions_never_hold_a_text_token():
     params = {**params, "lm_head": {"kernel": jnp.asarray(head)}}
     prompt = jnp.asarray([[v.bos_id, 10, 11, v.boi_id]] * 8, jnp.int32)
     uncond = jnp.asarray([[v.bos_id, v.boi_id]] * 8, jnp.int32)
-    for scale in (1.0, 3.0):
-        codes = np.asarray(generation.sample_codes(model, params, v, prompt, uncond, 16, scale,
-                                                   1.0, jax.random.PRNGKey(0)))
-        assert codes.shape == (8, 16)
-        assert codes.min() >= 0 and codes.max() < CODES
-        assert len(np.unique(codes)) > 4  # really sampled, not one constant
+    codes = np.asarray(generation.sample_codes(model, params, v, prompt, uncond, 16, 3.0, 1.0,
+                                               jax.random.PRNGKey(0)))
+    assert codes.shape == (8, 16)
+    assert codes.min() >= 0 and codes.max() < CODES
+    assert len(np.unique(codes)) > 4  # really sampled, not one constant
     logits = model.apply({"params": params}, prompt)[:, -1]
     assert np.all(np.argmax(logits, -1) < v.code_offset)  # unrestricted, text would win
 
@@ -177,27 +176,18 @@ def reference_guided_greedy(model, params, v, cond, uncond, num_codes, scale):
     return np.stack(out, 1)
 
 
-@pytest.mark.parametrize("scale", [1.0, 2.5])
-def test_cached_guided_sampler_matches_numpy_mix_of_full_forwards(scale):
+def test_cached_guided_sampler_matches_numpy_mix_of_full_forwards():
+    scale = 2.5
     model, params = tiny_lm()
     v = vocab()
     cond = jnp.asarray([[v.bos_id, 10, 11, 12, v.boi_id], [v.bos_id, 20, 21, 22, v.boi_id]])
     uncond = jnp.asarray([[v.bos_id, v.boi_id]] * 2)
-    codes = generation.sample_codes(model, params, v, cond, uncond, 6, scale, 0.0,
+    codes = generation.sample_codes(model, params, v, cond, uncond, 4, scale, 0.0,
                                     jax.random.PRNGKey(0))
-    expected = reference_guided_greedy(model, params, v, cond, uncond, 6, scale)
+    expected = reference_guided_greedy(model, params, v, cond, uncond, 4, scale)
     np.testing.assert_array_equal(np.asarray(codes), expected)
-
-
-def test_guidance_changes_the_greedy_codes():
-    model, params = tiny_lm()
-    v = vocab()
-    cond = jnp.asarray([[v.bos_id, 10, 11, 12, v.boi_id]])
-    uncond = jnp.asarray([[v.bos_id, v.boi_id]])
-    plain, guided = (np.asarray(generation.sample_codes(model, params, v, cond, uncond, 16, s,
-                                                        0.0, jax.random.PRNGKey(0)))
-                     for s in (1.0, 8.0))
-    assert np.any(plain != guided)
+    # The unconditional stream matters: the conditional logits alone pick other codes.
+    assert np.any(reference_guided_greedy(model, params, v, cond, uncond, 4, 1.0) != expected)
 
 
 def test_vocabulary_must_end_with_the_codebook():
