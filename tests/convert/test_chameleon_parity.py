@@ -18,6 +18,7 @@ from vlm_jax.convert.torch_layout import Weights
 from vlm_jax.models import lm
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
+# Measured: max |ours - transformers| 2.7e-6 (pre-norm), 1.8e-6 (swin); logits reach 4.1 and 3.7.
 TOLERANCE = 1e-5
 
 

@@ -84,7 +84,8 @@ def test_fuse_codes_writes_each_images_codes_over_its_placeholders():
     for b in range(4):
         for m in range(config.data.max_images):
             if valid[b, m]:
-                expected[b, positions[b, m]:positions[b, m] + 16] = codes[b, m] + vocab().code_offset
+                start = positions[b, m]
+                expected[b, start:start + 16] = codes[b, m] + vocab().code_offset
     np.testing.assert_array_equal(fused, expected)
     assert not np.any(fused == vocab().placeholder_id)  # every placeholder was an image's
     assert valid.sum() > 4  # some documents hold two images

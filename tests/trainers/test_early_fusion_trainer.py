@@ -14,8 +14,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.models.test_early_fusion import (IMAGE_SIZE, documents, random_vq, small_config,
-                                            tiny_lm, tokenizer, vocab)
+from tests.models.test_early_fusion import (
+    IMAGE_SIZE,
+    documents,
+    random_vq,
+    small_config,
+    tiny_lm,
+    tokenizer,
+    vocab,
+)
 from vlm_jax.trainers import early_fusion as trainer
 
 ROOT = Path(__file__).parents[2]
@@ -51,7 +58,7 @@ def test_loss_is_next_token_cross_entropy_plus_z_loss_over_the_fused_documents()
                                      jax.random.PRNGKey(0))
     v, t = vocab(), random_vq()
     expected_tokens = []
-    for b, doc in enumerate(docs):
+    for doc in docs:
         codes = t.tokenize(np.stack(doc["images"]))  # [k, 16]
         ids = [v.bos_id]
         for k, text in enumerate(doc["texts"]):
