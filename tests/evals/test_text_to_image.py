@@ -35,3 +35,19 @@ def test_prompts_name_their_colour_and_one_object_scenes_match_it():
 def test_an_all_background_image_has_no_colour():
     image = np.broadcast_to(np.array([14, 14, 22], np.uint8), (1, 8, 8, 3))
     assert text_to_image.dominant_colours(image) == [""]
+
+
+def test_generated_clip_score_is_the_judges_mean_clipscore():
+    from vlm_jax.evals.scoring import Scorer
+
+    rng = np.random.default_rng(0)
+    image_emb, text_emb = rng.standard_normal((2, 4, 6))
+    judge = Scorer(encode_images=lambda images: image_emb[: len(images)],
+                   encode_texts=lambda tokens: text_emb[: len(tokens)],
+                   tokenize=lambda texts: np.zeros((len(texts), 3), np.int32))
+    cosine = (image_emb * text_emb).sum(1) / (np.linalg.norm(image_emb, axis=1)
+                                              * np.linalg.norm(text_emb, axis=1))
+    expected = np.mean(2.5 * np.maximum(cosine, 0.0))  # CLIPScore's weight w = 2.5
+    score = text_to_image.generated_clip_score(judge, np.zeros((4, 8, 8, 3), np.uint8),
+                                               ["a"] * 4)
+    np.testing.assert_allclose(score, expected, rtol=1e-12)
