@@ -93,3 +93,6 @@ def _generate_impl(model, params, shared, forced, settings, eos_id, pad_id, rng,
 
 
 _generate = jax.jit(_generate_impl, static_argnums=(0, 4, 5, 6, 8))
+# Traceable (call it inside a jit): a model whose prompt is built on device, e.g. early fusion's
+# image codes, decodes after it without the host-side prompt handling of generate_text.
+generate_after_prefill = _generate_impl

@@ -43,3 +43,11 @@ def caption_loss(logits: jax.Array, targets: jax.Array, mask: jax.Array,
 def sequence_log_likelihood(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> jax.Array:
     """Sum over the unmasked tokens of log p(target): [B] float32, one score per sequence."""
     return jnp.sum(token_log_probs(logits, targets) * mask.astype(jnp.float32), axis=-1)
+
+
+def z_loss(logits: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean of log(Z)^2 over the unmasked positions, Z = sum_v exp(logits[..., v]) (PaLM,
+    Chameleon): it keeps the softmax normaliser near 1, so logits cannot drift upwards."""
+    mask = mask.astype(jnp.float32)
+    log_z = jax.nn.logsumexp(logits.astype(jnp.float32), axis=-1)
+    return jnp.sum(log_z**2 * mask) / jnp.maximum(mask.sum(), 1.0)

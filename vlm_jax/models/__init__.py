@@ -27,6 +27,7 @@ FAMILIES = {
     "lm": "lm",
     "blip2": "blip2",
     "prefix_vlm": "prefix_vlm",
+    "early_fusion": "early_fusion",
 }
 
 

@@ -204,6 +204,31 @@ class RMSNorm(nn.Module):
 NORMS = {"layernorm": LayerNorm, "rmsnorm": RMSNorm}
 
 
+class HeadLayerNorm(nn.Module):
+    """Chameleon's QK-norm: LayerNorm statistics over head_dim of x [B, L, H, Dh], then each
+    head's own scale and bias [H, Dh] (not one [Dh] shared by all heads)."""
+
+    dtype: Dtype = jnp.float32
+    eps: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        names = ("heads", "head_dim")
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones_init(),
+                                                                 names), x.shape[-2:])
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(),
+                                                               names), x.shape[-2:])
+        x32 = x.astype(jnp.float32)
+        mean = jnp.mean(x32, axis=-1, keepdims=True)
+        centred = x32 - mean
+        normed = centred * jax.lax.rsqrt(jnp.mean(centred * centred, -1, keepdims=True) + self.eps)
+        return (normed * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(self.dtype)
+
+
+# qk_norm_type -> how queries and keys are normalised per head (QK-norm)
+QK_NORMS = ("rmsnorm", "head_layernorm")
+
+
 def make_norm(kind: str, dtype: Dtype, eps: float, name: str | None = None) -> nn.Module:
     if kind not in NORMS:
         raise ValueError(f"norm {kind!r} must be one of {sorted(NORMS)}")
@@ -280,8 +305,9 @@ class Attention(nn.Module):
     projected in `context_kv`: computed once per sequence with `keys_values`). Options:
     grouped-query heads (`num_kv_heads` < num_heads: each key/value head serves
     num_heads / num_kv_heads query heads), `head_dim` (0: width // num_heads), RoPE on
-    self-attention queries and keys (`rope_theta` > 0), QK-norm (an RMSNorm per head over
-    head_dim on queries and keys, before RoPE), and a KV cache (`decode`, `init_cache`).
+    self-attention queries and keys (`rope_theta` > 0), QK-norm (an RMSNorm over head_dim
+    on queries and keys, before RoPE; `qk_norm_type` "head_layernorm": Chameleon's LayerNorm
+    with a scale and bias per head), and a KV cache (`decode`, `init_cache`).
 
     `mask`: bool broadcastable to [B, H, Lq, Lk], True where attention is allowed (see
     `make_attention_mask`); `is_causal` adds the causal mask; `kv_lengths` int [B] the number
@@ -298,6 +324,7 @@ class Attention(nn.Module):
     qk_norm: bool = False
     qk_norm_eps: float = 1e-6
     use_bias: bool = True
+    qk_norm_type: str = "rmsnorm"  # QK_NORMS; "head_layernorm" is Chameleon's
 
     @property
     def kv_heads(self) -> int:
@@ -326,9 +353,14 @@ class Attention(nn.Module):
             self.width, axis=(-2, -1), dtype=self.dtype, use_bias=self.use_bias,
             kernel_init=dense_init(("heads", "head_dim", "embed")),
             bias_init=zeros_init(("embed",)))
-        if self.qk_norm:
+        if self.qk_norm_type not in QK_NORMS:
+            raise ValueError(f"qk_norm_type {self.qk_norm_type!r} must be one of {QK_NORMS}")
+        if self.qk_norm and self.qk_norm_type == "rmsnorm":
             self.query_norm = RMSNorm(self.dtype, self.qk_norm_eps, "head_dim")
             self.key_norm = RMSNorm(self.dtype, self.qk_norm_eps, "head_dim")
+        elif self.qk_norm:
+            self.query_norm = HeadLayerNorm(self.dtype, self.qk_norm_eps)
+            self.key_norm = HeadLayerNorm(self.dtype, self.qk_norm_eps)
 
     def _positioned(self, x: jax.Array, which: str, positions) -> jax.Array:
         """QK-norm then RoPE on projected queries or keys x [B, L, H, Dh]."""
@@ -418,6 +450,8 @@ class Block(nn.Module):
     rope_theta: float = 0.0
     qk_norm: bool = False
     attention_bias: bool = True  # biases on the q/k/v/out projections (LLaMA has none)
+    qk_norm_type: str = "rmsnorm"  # QK_NORMS
+    qk_norm_eps: float = 1e-6
 
     def setup(self):
         if self.norm_position not in NORM_POSITIONS:
@@ -433,7 +467,7 @@ class Block(nn.Module):
         self.attn = Attention(
             self.num_heads, self.width, self.dtype, self.implementation, self.num_kv_heads,
             self.head_dim, 0.0 if self.cross_attention else self.rope_theta, self.qk_norm,
-            use_bias=self.attention_bias)
+            self.qk_norm_eps, use_bias=self.attention_bias, qk_norm_type=self.qk_norm_type)
         self.norm2 = norm()
         self.mlp = MLPS[self.mlp_type](self.mlp_dim, self.dtype, self.activation)
 

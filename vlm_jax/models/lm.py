@@ -12,7 +12,8 @@ Parameter tree (a VLM holds it as its submodule "lm", so these sit under "lm/"):
     block{i}/attn/key/kernel         [D, KV, hd]     KV = num_kv_heads (grouped queries)
     block{i}/attn/value/kernel       [D, KV, hd]
     block{i}/attn/out/kernel         [H, hd, D]      ("heads", "head_dim", "embed")
-      (+ attn/*/bias when attention_bias; attn/query_norm, attn/key_norm when qk_norm)
+      (+ attn/*/bias when attention_bias; attn/query_norm, attn/key_norm when qk_norm:
+       scale [hd] for qk_norm_type "rmsnorm", scale and bias [H|KV, hd] for "head_layernorm")
     block{i}/norm2/scale             [D]             RMSNorm before the MLP
     block{i}/mlp/gate|up/kernel      [D, F]          SwiGLU: down(silu(gate(x)) * up(x))
     block{i}/mlp/down/kernel         [F, D]
@@ -50,6 +51,8 @@ class LM(nn.Module):
     norm_eps: float = 1e-5
     tie_embeddings: bool = False
     qk_norm: bool = False
+    qk_norm_type: str = "rmsnorm"  # layers.QK_NORMS; "head_layernorm": Chameleon's
+    qk_norm_eps: float = 1e-6
     norm_position: str = "pre"
     attention_bias: bool = False  # Llama: none; some imports (attention_bias=True) have them
     dtype: jnp.dtype = jnp.float32
@@ -71,7 +74,8 @@ class LM(nn.Module):
                   norm_position=self.norm_position, mlp_type="swiglu",
                   num_kv_heads=self.num_kv_heads, head_dim=self.head_dim,
                   rope_theta=self.rope_theta, qk_norm=self.qk_norm,
-                  attention_bias=self.attention_bias, name=f"block{i}")
+                  attention_bias=self.attention_bias, qk_norm_type=self.qk_norm_type,
+                  qk_norm_eps=self.qk_norm_eps, name=f"block{i}")
             for i in range(self.depth)]
         self.norm = layers.RMSNorm(self.dtype, self.norm_eps)
         if not self.tie_embeddings:

@@ -31,7 +31,8 @@ import numpy as np
 
 from vlm_jax import configlib, evals
 
-TRAINERS = ("contrastive", "llip", "coca", "vq", "flava", "maskvlm", "lm", "blip2", "prefix_lm")
+TRAINERS = ("contrastive", "llip", "coca", "vq", "flava", "maskvlm", "lm", "blip2", "prefix_lm",
+            "early_fusion")
 # capability -> the factory a trainer with it defines
 FACTORIES = {"scorer": "make_scorer", "captioner": "make_captioner", "matcher": "make_matcher",
              "reconstructor": "make_reconstructor"}
