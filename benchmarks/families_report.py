@@ -37,7 +37,7 @@ from vlm_jax.data import world  # noqa: E402
 EQUAL_STEPS, EQUAL_BATCH = 300, 256  # the rows in EQUAL_COMPUTE, unless --steps / --batch
 EQUAL_COMPUTE = ("clip_tiny", "siglip_tiny", "llip_tiny", "coca_tiny")
 # Runs other rows start from: name -> config, trained into the root before the rows.
-PREREQUISITES = {"lm_tiny": "configs/lm.py:tiny"}
+PREREQUISITES = {"lm_tiny": "configs/lm.py:tiny", "vq_tiny": "configs/vq.py:tiny"}
 # run name -> (label, family, config); "{root}" is the runs folder. Order is the table's.
 FAMILIES = {
     "clip_tiny": ("CLIP", "contrastive", "configs/clip.py:tiny"),
@@ -70,6 +70,9 @@ FAMILIES = {
                         "lm={root}/lm_tiny"),
     "minigpt4_tiny": ("MiniGPT-4", "pretrained backbone",
                       "configs/minigpt4.py:tiny,stage=2,stage1={root}/minigpt4_1_tiny"),
+    # Early fusion on the VQ tokenizer's codes (the vq_tiny prerequisite).
+    "chameleon_tiny": ("Chameleon", "generative (early fusion)",
+                       "configs/chameleon.py:tiny,vq={root}/vq_tiny"),
 }
 JUDGE = "siglip_tiny"  # scores other runs' captions (CLIPScore)
 VQA_SHOTS = 2  # k-shot VQA beside 0-shot, for captioners that take interleaved prompts
@@ -101,7 +104,8 @@ def specs(root: str) -> dict:
 
 def plan(specs: dict, steps: int, batch: int, micro: bool) -> dict:
     """{run name: config}: EQUAL_COMPUTE rows at EQUAL_STEPS x EQUAL_BATCH, the rest as their
-    configs say; --steps / --batch (and --micro's batch 16) override every run."""
+    configs say; --steps / --batch (and --micro's batch 16) override every run. A config that
+    reads a prerequisite run (Chameleon's VQ sizes) loads only once that run exists."""
     batch = batch or (16 if micro else 0)
     return {name: reports.run_config(
                 spec, steps or (EQUAL_STEPS if name in EQUAL_COMPUTE else 0),
@@ -217,8 +221,13 @@ def main(argv: list[str] | None = None) -> None:
     args = reports.arg_parser(__doc__.splitlines()[0], "families").parse_args(argv)
     root = reports.root(args, "families")
     run_specs = specs(root)
-    configs = plan(run_specs, args.steps, args.batch, args.micro)
+    # Prerequisites first: a row's config may read them (Chameleon reads the VQ run's sizes).
+    configs = plan({name: run_specs[name] for name in PREREQUISITES}, args.steps, args.batch,
+                   args.micro)
     outcomes = reports.train_all(configs, run_specs, root, args.retrain)
+    rows = plan({name: run_specs[name] for name in FAMILIES}, args.steps, args.batch, args.micro)
+    outcomes |= reports.train_all(rows, run_specs, root, args.retrain)
+    configs |= rows
 
     eval_config = configs["coca_tiny"].evals
     eval_config.clipscore_workdir = os.path.join(root, JUDGE)
