@@ -9,9 +9,10 @@
                     beside it and samples from uncond + s * (cond - uncond); the VQ decoder
                     turns the codes into pixels (`text_to_image`)
 
-`python -m vlm_jax.early_fusion_generation --workdir=RUN` writes RUN/text_to_image.png (per
-prompt: samples without guidance | with guidance) and text_to_image.json (the colour check and,
-with --clipscore_workdir, CLIPScore of each set; vlm_jax/evals/text_to_image.py).
+`python -m vlm_jax.early_fusion_generation --workdir=RUN` writes RUN/text_to_image.png (one row
+per prompt: samples without guidance | with guidance; seen colour-shape prompts, then held-out
+ones) and text_to_image.json (the colour check and, with --clipscore_workdir, CLIPScore of each
+set; vlm_jax/evals/text_to_image.py).
 """
 
 from __future__ import annotations
@@ -201,20 +202,27 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     run = restore.restore_run(args.workdir)
     image_tokenizer = load_image_tokenizer(run.config)
-    prompts, colours = t2i_eval.colour_prompts(args.prompts, image_tokenizer.image_size)
     judge = restore.restore_run(args.clipscore_workdir).scorer() if args.clipscore_workdir \
         else None
-    results, rows = {}, [[] for _ in prompts]
-    for name, scale in (("no_guidance", 1.0), (f"guidance_{args.guidance:g}", args.guidance)):
-        sampling = ImageSampling(args.samples, scale, args.temperature)
-        images = text_to_image(run.model, run.params, run.tokenizer, image_tokenizer, prompts,
-                               sampling)
-        for k in range(len(prompts)):
-            rows[k] += list(images[k])
-        results[name] = t2i_eval.score_generated(images, prompts, colours, judge)
+    results, rows, all_prompts = {}, [], []
+    # Seen colour-shape pairs, then the held-out pairs never captioned in training.
+    for prompt_set, heldout in (("seen", False), ("heldout", True)):
+        prompts, colours = t2i_eval.colour_prompts(args.prompts, image_tokenizer.image_size,
+                                                   heldout=heldout)
+        set_rows = [[] for _ in prompts]
+        for name, scale in (("no_guidance", 1.0), (f"guidance_{args.guidance:g}", args.guidance)):
+            sampling = ImageSampling(args.samples, scale, args.temperature)
+            images = text_to_image(run.model, run.params, run.tokenizer, image_tokenizer,
+                                   prompts, sampling)
+            for k in range(len(prompts)):
+                set_rows[k] += list(images[k])
+            results[f"{prompt_set}/{name}"] = t2i_eval.score_generated(images, prompts, colours,
+                                                                       judge)
+        rows += set_rows
+        all_prompts += prompts
     path = os.path.join(args.workdir, "text_to_image.png")
     pictures.save_image_grid(path, rows)
-    report = {"prompts": list(prompts), "results": results, "grid": path}
+    report = {"prompts": all_prompts, "results": results, "grid": path}
     with open(os.path.join(args.workdir, "text_to_image.json"), "w") as f:
         json.dump(report, f, indent=2)
     print(json.dumps(report, indent=2))

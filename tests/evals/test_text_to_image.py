@@ -3,7 +3,7 @@ one-object images, at chance (1 / 7) when their colours are shuffled."""
 
 import numpy as np
 
-from vlm_jax.data import world
+from vlm_jax.data import world, world_scene
 from vlm_jax.data.world_scene import COLOURS
 from vlm_jax.evals import text_to_image
 
@@ -30,6 +30,14 @@ def test_prompts_name_their_colour_and_one_object_scenes_match_it():
     scores = text_to_image.score_generated(np.stack(images)[:, None], prompts, colours)
     assert scores["colour_accuracy"] == 1.0
     assert scores["colour_accuracy_shuffled_prompts"] == 0.0  # every colour moved to another
+
+
+def test_heldout_prompts_name_the_pairs_never_captioned_in_training():
+    prompts, colours = text_to_image.colour_prompts(8, image_size=32, heldout=True)
+    pairs = [(colour, shape) for colour, shape in world_scene.HELDOUT_PAIR_LIST]
+    assert colours == [colour for colour, _ in pairs] * 2
+    for prompt, (colour, shape) in zip(prompts, pairs * 2, strict=True):
+        assert f"{colour} {shape}" in prompt, prompt
 
 
 def test_an_all_background_image_has_no_colour():

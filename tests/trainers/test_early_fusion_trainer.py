@@ -121,5 +121,6 @@ def test_vq_then_chameleon_train_caption_and_draw(tmp_path):
     with open(os.path.join(run_dir, "text_to_image.json")) as f:
         report = json.load(f)
     assert os.path.exists(report["grid"])
-    assert set(report["results"]) == {"no_guidance", "guidance_3"}
+    assert set(report["results"]) == {f"{prompts}/{name}" for prompts in ("seen", "heldout")
+                                      for name in ("no_guidance", "guidance_3")}
     assert all(0.0 <= r["colour_accuracy"] <= 1.0 for r in report["results"].values())

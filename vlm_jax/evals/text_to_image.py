@@ -17,7 +17,7 @@ import numpy as np
 
 from vlm_jax.data import world
 from vlm_jax.data.world_render import BACKGROUND_RGB, COLOUR_RGB
-from vlm_jax.data.world_scene import COLOURS
+from vlm_jax.data.world_scene import COLOURS, HELDOUT_PAIR_LIST
 from vlm_jax.evals.caption_metrics import clip_score
 from vlm_jax.evals.scoring import Scorer
 
@@ -49,17 +49,26 @@ def colour_accuracy(images: np.ndarray, colours: Sequence[str]) -> float:
     return float(np.mean([f == c for f, c in zip(found, colours, strict=True)]))
 
 
-def colour_prompts(n: int, image_size: int = 32, split: str = "val") -> tuple[list[str], list[str]]:
-    """n fixed prompts: captions of the first one-object scenes of `split`, cycling through the
-    colours (so each colour appears), and their colours."""
-    source = world.World(split, image_size=image_size)
+def colour_prompts(n: int, image_size: int = 32, heldout: bool = False
+                   ) -> tuple[list[str], list[str]]:
+    """n fixed prompts and their colours: captions of the first one-object scenes, cycling
+    through the colours of val scenes (so each colour appears) or, `heldout`, through the
+    colour-shape pairs never captioned in training (world_scene.HELDOUT_PAIR_LIST, from the
+    "heldout" split)."""
+    source = world.World("heldout" if heldout else "val", image_size=image_size)
     prompts, colours, index = [], [], 0
     while len(prompts) < n:
         objects = source.scene(index).objects
-        wanted = COLOURS[len(prompts) % len(COLOURS)]
-        if len(objects) == 1 and objects[0].colour == wanted:
+        if heldout:
+            colour, shape = HELDOUT_PAIR_LIST[len(prompts) % len(HELDOUT_PAIR_LIST)]
+            found = len(objects) == 1 and (objects[0].colour, objects[0].shape) == (colour,
+                                                                                    shape)
+        else:
+            colour = COLOURS[len(prompts) % len(COLOURS)]
+            found = len(objects) == 1 and objects[0].colour == colour
+        if found:
             prompts.append(str(source[index]["caption"]))
-            colours.append(wanted)
+            colours.append(colour)
         index += 1
     return prompts, colours
 
