@@ -42,9 +42,9 @@ WORLD_LM_RUNS = {
 # the image tower is the families report's SigLIP tiny. "{families}" / "{root}" are filled in.
 SMOLLM2_RUNS = {
     "llava1_smollm2": ("configs/llava.py:tiny,stage=1,smollm2,image={families}/siglip_tiny,"
-                       "steps=60,batch=16"),
+                       "steps=40,batch=8"),
     "llava_smollm2": "configs/llava.py:tiny,stage=2,smollm2,stage1={root}/llava1_smollm2,"
-                     "steps=60,batch=16",
+                     "steps=25,batch=8",
 }
 SMOLLM2_LABELS = {"llava1_smollm2": ("LLaVA stage 1", "SmolLM2-135M", "projector"),
                   "llava_smollm2": ("LLaVA", "SmolLM2-135M", "projector + LM")}
