@@ -125,6 +125,8 @@ def evaluate(run: restore.RestoredRun, eval_config) -> dict[str, float]:
     if "reconstructor" in run.trainer.CAPABILITIES and run.config.get(
             "mim", {"target": "pixels"})["target"] == "pixels":
         names += ("reconstruction",)
+        eval_config = eval_config.copy_and_resolve_references()
+        eval_config.output_dir = run.config.workdir  # its picture lands in the run's workdir
     return reports.evaluate(run, names, eval_config)
 
 
