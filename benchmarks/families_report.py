@@ -74,6 +74,11 @@ FAMILIES = {
     "chameleon_tiny": ("Chameleon", "generative (early fusion)",
                        "configs/chameleon.py:tiny,vq={root}/vq_tiny"),
 }
+# Evals a row's model serves but never trains for: the single stream has no contrastive and no
+# MIM term, so its scorer embeddings (and the ITM candidates they pick) and its MIM head are
+# its initial weights. Their numbers would be noise, so the row shows —.
+UNTRAINED = {"visualbert_tiny": ("zeroshot", "retrieval", "compositional", "itm_retrieval",
+                                 "reconstruction")}
 JUDGE = "siglip_tiny"  # scores other runs' captions (CLIPScore)
 VQA_SHOTS = 2  # k-shot VQA beside 0-shot, for captioners that take interleaved prompts
 EMBEDDING_EVALS = ("zeroshot", "retrieval", "compositional")
@@ -113,9 +118,9 @@ def plan(specs: dict, steps: int, batch: int, micro: bool) -> dict:
             for name, spec in specs.items()}
 
 
-def evaluate(run: restore.RestoredRun, eval_config) -> dict[str, float]:
-    """The evals this run's trainer can serve (its CAPABILITIES); the rest stay missing (— in
-    the table)."""
+def evaluate(name: str, run: restore.RestoredRun, eval_config) -> dict[str, float]:
+    """The evals this run's trainer can serve (its CAPABILITIES) less UNTRAINED[name]; the rest
+    stay missing (— in the table)."""
     names = EMBEDDING_EVALS if "scorer" in run.trainer.CAPABILITIES else ()
     if "captioner" in run.trainer.CAPABILITIES:
         names += GENERATIVE_EVALS
@@ -127,7 +132,14 @@ def evaluate(run: restore.RestoredRun, eval_config) -> dict[str, float]:
         names += ("reconstruction",)
         eval_config = eval_config.copy_and_resolve_references()
         eval_config.output_dir = run.config.workdir  # its picture lands in the run's workdir
+    names = tuple(n for n in names if n not in UNTRAINED.get(name, ()))
     return reports.evaluate(run, names, eval_config)
+
+
+def trained_results(name: str, result: dict[str, float]) -> dict[str, float]:
+    """`result` without the metrics of UNTRAINED[name] (for results saved before a change)."""
+    return {key: value for key, value in result.items()
+            if key.split("/")[0] not in UNTRAINED.get(name, ())}
 
 
 def parameter_count(run: restore.RestoredRun) -> int:
@@ -220,7 +232,11 @@ kind, interleaved image / question / answer, for models that take such prompts.
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = reports.arg_parser(__doc__.splitlines()[0], "families").parse_args(argv)
+    parser = reports.arg_parser(__doc__.splitlines()[0], "families")
+    parser.add_argument("--reuse_results", action="store_true",
+                        help="rewrite the page from the root's report_results.json, no evals "
+                             "(after a change to the page only)")
+    args = parser.parse_args(argv)
     root = reports.root(args, "families")
     run_specs = specs(root)
     # Prerequisites first: a row's config may read them (Chameleon reads the VQ run's sizes).
@@ -236,9 +252,17 @@ def main(argv: list[str] | None = None) -> None:
     eval_config.vqa_shots = VQA_SHOTS
     started = time.perf_counter()
     results, parameters = {}, {}
+    saved_path = os.path.join(root, "report_results.json")
+    if args.reuse_results:
+        with open(saved_path) as f:
+            saved = json.load(f)
+        results = {name: trained_results(name, saved["results"][name]) for name in FAMILIES}
+        parameters = saved["parameters"]
     for name in FAMILIES:
+        if name in results:
+            continue
         run = restore.restore_run(os.path.join(root, name))
-        results[name] = evaluate(run, eval_config)
+        results[name] = evaluate(name, run, eval_config)
         parameters[name] = parameter_count(run)
     print(f"evaluated in {time.perf_counter() - started:.0f} s")
     print(evals.format_table({f"{name}:{key}": value for name, result in results.items()
@@ -253,7 +277,7 @@ def main(argv: list[str] | None = None) -> None:
                          {"command": command.strip(), "eval_sizes": sizes, "specs": run_specs,
                           "image_size": eval_config.image_size,
                           "outcomes": outcomes}))
-    with open(os.path.join(root, "report_results.json"), "w") as f:
+    with open(saved_path, "w") as f:
         json.dump({"results": results, "parameters": parameters, "training": outcomes},
                   f, indent=1, sort_keys=True)
     print(f"wrote {args.out} and {os.path.join(root, 'report_results.json')}")

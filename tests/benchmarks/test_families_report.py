@@ -90,3 +90,11 @@ def test_micro_report_end_to_end(run_micro_report):
     assert "captioning/val/cider" in results["results"]["coca_tiny"]
     assert "captioning/val/cider" not in results["results"]["siglip_tiny"]
     assert "| CoCa | generative |" in page
+
+
+def test_a_rows_untrained_evals_are_left_out():
+    result = {"zeroshot/single_object/top1": 0.0, "itm_compositional/count/acc2": 0.49,
+              "itm_retrieval/val/i2t_r1": 0.0, "reconstruction/val/masked_mse": 0.28}
+    assert families_report.trained_results("visualbert_tiny", result) == {
+        "itm_compositional/count/acc2": 0.49}
+    assert families_report.trained_results("maskvlm_tiny", result) == result
