@@ -53,7 +53,7 @@ def test_pickle_weights_are_refused(tmp_path):
 
 def test_unknown_model_type_names_the_supported_ones(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
-    supported = "bert, clip, clip_text_model, clip_vision_model, llama, llava, siglip, "
+    supported = "bert, blip-2, clip, clip_text_model, clip_vision_model, llama, llava, siglip, "
     with pytest.raises(ValueError, match=f"imports {supported}"):
         convert_hf(str(tmp_path))
 
