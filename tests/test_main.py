@@ -123,9 +123,11 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(tmp_path):
 def test_resuming_a_workdir_of_another_model_is_refused(tmp_path):
     result = _run(_command(tmp_path, "--config.total_steps=1"))
     assert result.returncode == 0, result.stderr[-3000:]
+    record = (tmp_path / "config.json").read_text()
     result = _run(_command(tmp_path, "--config.total_steps=2", "--config.model.embed_dim=16"))
     lines = result.stderr.strip().splitlines()
     assert result.returncode != 0 and "holds a run of a different model" in lines[-1]
+    assert (tmp_path / "config.json").read_text() == record  # the refusal rewrites nothing
 
 
 def test_corrupt_array_record_is_skipped_and_counted_in_metrics(tmp_path):

@@ -98,7 +98,9 @@ def test_mesh_shape_resolves_the_rest_and_rejects_bad_shapes():
 # atol 1e-5 is more than STEPS Adam steps at lr 2e-6 (Adam moves a parameter by ~lr whatever its
 # gradient's scale, so a coordinate whose gradient is rounding noise may step the other way).
 # A gradient of the wrong scale moves parameters alike, so the gradients are what catch it.
-@pytest.mark.parametrize("layout", [dict(data=4, fsdp=2, tensor=1),
+# data x fsdp x tensor (all three axes) runs by default; data x fsdp alone is slow.
+@pytest.mark.parametrize("layout", [pytest.param(dict(data=4, fsdp=2, tensor=1),
+                                                 marks=pytest.mark.slow),
                                     dict(data=2, fsdp=2, tensor=2)])
 def test_sharded_train_steps_equal_single_device(setup, single_device, layout):
     assert jax.device_count() == 8, "tests/conftest.py asks for 8 CPU devices"

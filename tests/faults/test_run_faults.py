@@ -57,6 +57,7 @@ def test_sigterm_during_start_up_exits_0_with_a_message(tmp_path):
     assert "stopped by SIGTERM before or after the train steps" in out
 
 
+@pytest.mark.slow  # two CLI runs; test_main's refused resume also checks the record is kept
 def test_failed_build_never_rewrites_the_record_of_a_real_run(tmp_path):
     result = subprocess.run(_command(tmp_path, "--config.total_steps=2"), cwd=ROOT, env=_env(),
                             capture_output=True, text=True, timeout=300)

@@ -147,7 +147,7 @@ def test_stage_two_loss_reads_the_chat_mask():
         prefix_lm.make_loss_fn(model, config)
 
 
-@pytest.mark.parametrize("stage", [1, 2])
+@pytest.mark.parametrize("stage", [pytest.param(1, marks=pytest.mark.slow), 2])
 def test_captioner_scores_what_the_loss_trains_and_decodes_greedily(stage):
     config = tiny_config(llava, f"tiny,stage={stage}")
     model, params = built(config)
