@@ -67,3 +67,26 @@ def max_abs_diffs(ours: dict, expected) -> dict[str, float]:
     names = [k for k in expected.keys() if k not in ("input_ids", "pixel_values")]
     return {k: float(np.max(np.abs(np.asarray(ours[k]).reshape(np.shape(expected[k]))
                                    - expected[k]))) for k in names}
+
+
+def assert_init_from_fills_the_whole_model(directory: Path, text_length: int) -> None:
+    """config.init_from = a converted directory: every parameter of a fresh model of the
+    converted config is replaced by the converter's value (no more, no fewer)."""
+    import flax.linen as nn
+    import jax
+
+    from vlm_jax.convert import flatten
+    from vlm_jax.init_from import load_into
+    from vlm_jax.train_state import TrainState
+
+    converted = convert_hf(str(directory))
+    model = models.build_model(ml_collections.ConfigDict(converted.model), converted.vocab_size)
+    images, tokens = jnp.zeros((1, 32, 32, 3)), jnp.full((1, text_length), 63, jnp.int32)
+    shapes = nn.unbox(jax.eval_shape(model.init, jax.random.key(0), images, tokens)["params"])
+    fresh = jax.tree_util.tree_map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), shapes)
+    state = TrainState(jnp.zeros((), jnp.int32), fresh, (), None)
+    loaded = flatten(load_into(state, str(directory), verbose=False).params)
+    expected = flatten(converted.params)
+    assert sorted(loaded) == sorted(expected)
+    for path, array in expected.items():
+        np.testing.assert_array_equal(np.asarray(loaded[path]), array, err_msg=path)

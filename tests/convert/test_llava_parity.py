@@ -10,18 +10,15 @@ import json
 import shutil
 from pathlib import Path
 
-import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from parity import assert_init_from_fills_the_whole_model
 
 from vlm_jax import models
 from vlm_jax.convert import convert_hf, flatten, hf_files, hf_llava
 from vlm_jax.convert.torch_layout import Weights
-from vlm_jax.init_from import load_into
-from vlm_jax.train_state import TrainState
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "llava_tiny"
 # Measured: max |ours - transformers| 1.5e-6 (golden, either placeholder id), 3.7e-6 (the
@@ -125,17 +122,7 @@ def test_the_wrong_feature_layer_does_not_match():
 
 def test_init_from_the_directory_fills_the_whole_model():
     """config.init_from = a LLaVA directory: every parameter of a fresh prefix_vlm replaced."""
-    converted = convert_hf(str(FIXTURE))
-    model = models.build_model(ml_collections.ConfigDict(converted.model), converted.vocab_size)
-    images, tokens = jnp.zeros((1, 32, 32, 3)), jnp.full((1, 16), 63, jnp.int32)
-    shapes = nn.unbox(jax.eval_shape(model.init, jax.random.key(0), images, tokens)["params"])
-    fresh = jax.tree_util.tree_map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), shapes)
-    state = TrainState(jnp.zeros((), jnp.int32), fresh, (), None)
-    loaded = flatten(load_into(state, str(FIXTURE), verbose=False).params)
-    expected = flatten(converted.params)
-    assert sorted(loaded) == sorted(expected)
-    for path, array in expected.items():
-        np.testing.assert_array_equal(np.asarray(loaded[path]), array, err_msg=path)
+    assert_init_from_fills_the_whole_model(FIXTURE, text_length=16)
 
 
 def test_llava_logits_match_live_transformers(tmp_path):
