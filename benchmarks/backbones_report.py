@@ -33,7 +33,7 @@ from vlm_jax.data import world  # noqa: E402
 
 # The families report's rows on the world LM: name -> (label, LM, what trains).
 WORLD_LM_RUNS = {
-    "frozen_tiny": ("Frozen", "world LM", "linear map to 2 prefix embeddings"),
+    "frozen_tiny": ("Frozen", "world LM", "ViT + linear map to 2 prefix embeddings"),
     "blip2_2_tiny": ("BLIP-2 stage 2", "world LM", "Q-Former + projection"),
     "minigpt4_tiny": ("MiniGPT-4", "world LM", "one linear projection"),
     "llava_tiny": ("LLaVA", "world LM", "projector + LM"),
