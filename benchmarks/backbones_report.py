@@ -96,8 +96,8 @@ def markdown(rows: dict, setup: dict) -> str:
                 + [cell(pooled, f"vqa/val/prior_{kind}") for kind in kinds]
                 + [cell(pooled, "vqa/val/prior_overall"), "—", "—"])
     body.append(["chance", "", "", "", "", ""] + [
-        f"{1 / len(evals.vqa.answer_candidates(kind, setup['image_size'])):.3f}"
-        for kind in kinds] + [cell(pooled, "vqa/val/chance"), "—", "—"])
+        f"{chance:.3f}" for chance in reports.vqa_chance(setup["image_size"]).values()]
+        + [cell(pooled, "vqa/val/chance"), "—", "—"])
     return TEMPLATE.format(command=setup["command"], scores=table(header, body),
                            eval_sizes=", ".join(f"{k}={v}" for k, v in EVAL_SIZES.items()),
                            specs="\n".join(f"- `{name}`: `{spec}`"

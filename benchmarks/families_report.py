@@ -177,8 +177,8 @@ def markdown(results: dict, configs: dict, parameters: dict, setup: dict) -> str
     vqa_rows.append(["blind prior"] + [cell(pooled, f"vqa/val/prior_{kind}")
                                        for kind in world.QA_KINDS + ("overall",)] + ["—"])
     vqa_rows.append(["chance"] + [
-        f"{1 / len(evals.vqa.answer_candidates(kind, setup['image_size'])):.3f}"
-        for kind in world.QA_KINDS] + [cell(pooled, "vqa/val/chance"), "—"])
+        f"{chance:.3f}" for chance in reports.vqa_chance(setup["image_size"]).values()]
+        + [cell(pooled, "vqa/val/chance"), "—"])
     vqa = table(["model"] + list(world.QA_KINDS) + ["overall", f"{VQA_SHOTS}-shot"], vqa_rows)
     runs = table(["run", "config", "steps × batch", "training"], [
         [name, f"`{setup['specs'][name]}`", f"{config.total_steps} × {config.batch_size}",

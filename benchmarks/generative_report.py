@@ -71,8 +71,7 @@ def markdown(siglip: dict, coca: dict, samples: list[tuple[str, str]], setup: di
         ["CLIPScore (SigLIP judge)", cell(coca, "captioning/val/clipscore")],
         ["CLIPScore of the dataset captions", cell(coca, "captioning/val/clipscore_refs")],
     ])
-    chance = {kind: 1 / len(evals.vqa.answer_candidates(kind, setup["image_size"]))
-              for kind in world.QA_KINDS}
+    chance = reports.vqa_chance(setup["image_size"])
     vqa = table(["question type", "CoCa tiny", "chance"], [
         [kind, cell(coca, f"vqa/val/{kind}"), f"{chance[kind]:.3f}"] for kind in world.QA_KINDS
     ] + [["overall", cell(coca, "vqa/val/overall"), cell(coca, "vqa/val/chance")]])

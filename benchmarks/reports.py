@@ -14,6 +14,7 @@ import shutil
 import time
 
 from vlm_jax import configlib, evals, loop, restore
+from vlm_jax.data import world
 
 # Eval sets small enough for a --micro smoke run of the whole report in a few minutes.
 MICRO_EVALS = dict(batch_size=32, zeroshot_size=48, retrieval_size=32, probe_size=8,
@@ -115,6 +116,12 @@ def evaluate(run: restore.RestoredRun, names: tuple[str, ...], eval_config) -> d
     """The evals `names` on a restored run."""
     return evals.run_served(names, run.served(names), eval_config,
                             judge=restore.clipscore_judge(eval_config, names))
+
+
+def vqa_chance(image_size: int) -> dict[str, float]:
+    """Each VQA question kind's chance accuracy: 1 / its number of answer candidates."""
+    return {kind: 1 / len(evals.vqa.answer_candidates(kind, image_size))
+            for kind in world.QA_KINDS}
 
 
 def cell(results: dict, key: str) -> str:
