@@ -139,6 +139,24 @@ How each number is made (the module docstrings in `vlm_jax/evals/` say more):
 ## Sample captions (the first {num_samples} val images)
 
 {samples}
+
+## Generative models as classifiers (debiased and image-likelihood scores)
+
+Two more ways to classify with a generative model, beside the caption likelihood above:
+
+- `gendebiased` (`vlm_jax/evals/debiased_caption.py`, any captioner): VisualGPTScore's
+  log P(t|i) − α·log P(t), with log P(t) the logmeanexp of log P(t|i) over the first
+  `evals.prior_images` (16) train images, for each α of `evals.prior_alphas` (0, 0.5, 1; α = 0
+  equals `genzeroshot` / `gencompositional` exactly) and the blind score log P(t) alone. A
+  probe's image score does not move with α (the prior cancels when one caption picks between
+  two images).
+- `imgzeroshot` / `imgcompositional` (`vlm_jax/evals/image_likelihood_zeroshot.py`, the
+  `image_likelihood` capability the early_fusion trainer serves): log p(image codes | BOS
+  prompt <boi>), the class by Bayes under a uniform prior; on the probes the clean number is
+  the text score (each image picks the caption that makes its codes likelier).
+
+No report script puts these side by side yet; run them with
+`evals.run_served(["gendebiased", "imgzeroshot", "imgcompositional"], run.served(...), ...)`.
 """
 
 

@@ -8,6 +8,9 @@
                     stream BOS <boi> (the caption removed: an image-first document's start)
                     beside it and samples from uncond + s * (cond - uncond); the VQ decoder
                     turns the codes into pixels (`text_to_image`)
+    image | text    log p(codes | BOS text <boi>), the codes' log-likelihoods summed
+                    (`make_image_likelihood`: the image-likelihood evals' ImageLikelihood, a
+                    Bayes classifier p(class | image) ∝ p(image | class prompt))
 
 `python -m vlm_jax.early_fusion_generation --workdir=RUN` writes RUN/text_to_image.png (one row
 per prompt: samples without guidance | with guidance; seen colour-shape prompts, then held-out
@@ -31,6 +34,7 @@ import numpy as np
 
 from vlm_jax import decoding, lm_generation, serving
 from vlm_jax.evals.caption_model import CaptionModel
+from vlm_jax.evals.image_likelihood import ImageLikelihood
 from vlm_jax.losses import generative
 from vlm_jax.models import early_fusion, vq
 from vlm_jax.models.lm import LM
@@ -120,6 +124,68 @@ def make_captioner(model: LM, params, tokenizer, mesh, config: ml_collections.Co
     return serving.make_captioner(generate_tokens, log_likelihood, params, tokenizer, mesh,
                                   serving.decode_settings(config), config.data.text_length,
                                   config.seed)
+
+
+def image_code_log_likelihood(model: LM, params, vocab: early_fusion.ImageVocabulary,
+                              prompt: jax.Array, prompt_lengths: jax.Array,
+                              codes: jax.Array) -> jax.Array:
+    """log p(codes | prompt): the sum of the T image-code log-likelihoods [N] after each row's
+    prompt (BOS text <boi>, int32 [N, Q], pad-padded on the right, prompt_lengths [N] real
+    tokens); codes int32 [N, T] in 0..K-1. The codes follow the prompt directly (as in a
+    caption-first document) and are scored under the full softmax: the model's own joint
+    probability, not one renormalised over the codes."""
+    n, num_codes = codes.shape
+    padding = jnp.full((n, num_codes), vocab.pad_id, jnp.int32)
+    sequence = jnp.concatenate([prompt.astype(jnp.int32), padding], axis=1)  # [N, Q + T]
+    where = prompt_lengths[:, None] + jnp.arange(num_codes)  # [N, T]: the codes' positions
+    rows = jnp.arange(n)[:, None]
+    sequence = sequence.at[rows, where].set(codes.astype(jnp.int32) + vocab.code_offset)
+    inputs = sequence[:, :-1]
+    logits = model.apply({"params": params}, inputs, valid=inputs != vocab.pad_id)
+    # Code j is predicted at position where - 1; gathered in code order, so every row sums its
+    # T terms in the same order (a text-blind model gives bitwise-equal scores).
+    code_logits = logits[rows, where - 1]  # [N, T, V]
+    return jnp.sum(generative.token_log_probs(code_logits, sequence[rows, where]), axis=-1)
+
+
+PROMPT_BUCKET = 16  # prompt widths round up to this, so a jitted scorer compiles a few times
+
+
+def image_prompts(tokenizer, vocab: early_fusion.ImageVocabulary, texts: Sequence[str],
+                  max_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """(prompt int32 [N, Q], lengths int32 [N]): BOS text <boi> per text, pad-padded to the
+    longest rounded up to PROMPT_BUCKET; a prompt longer than max_length is refused."""
+    rows = [[vocab.bos_id, *tokenizer.text_ids(text), vocab.boi_id] for text in texts]
+    longest = max(len(row) for row in rows)
+    if longest > max_length:
+        raise ValueError(f"a prompt of {longest} tokens does not fit before the image codes "
+                         f"(at most {max_length}: data.text_length - data.image_tokens - 1); "
+                         "shorten the text or raise data.text_length")
+    width = min(-(-longest // PROMPT_BUCKET) * PROMPT_BUCKET, max_length)
+    prompt = np.full((len(rows), width), vocab.pad_id, np.int32)
+    for i, row in enumerate(rows):
+        prompt[i, :len(row)] = row
+    return prompt, np.array([len(row) for row in rows], np.int32)
+
+
+def make_image_likelihood(model: LM, params, tokenizer, mesh,
+                          config: ml_collections.ConfigDict, image_tokenizer) -> ImageLikelihood:
+    """The image-likelihood evals' ImageLikelihood: log p(VQ codes of image i | BOS text i
+    <boi>), one jitted forward (VQ encoder and LM) per chunk of (image, text) rows."""
+    vocab = early_fusion.image_vocabulary(tokenizer, image_tokenizer.codebook_size)
+    max_length = config.data.text_length - image_tokenizer.num_codes - 1
+
+    def score(p, images, prompt, lengths):
+        codes = vq.tokenize(image_tokenizer.model, image_tokenizer.params, images)  # [N, T]
+        return image_code_log_likelihood(model, p, vocab, prompt, lengths, codes)
+
+    scored = serving.host_function(score, mesh)
+
+    def log_likelihood(images: np.ndarray, texts: Sequence[str]) -> np.ndarray:
+        prompt, lengths = image_prompts(tokenizer, vocab, list(texts), max_length)
+        return scored(params, images, prompt, lengths)
+
+    return ImageLikelihood(log_likelihood=log_likelihood)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2, 5, 6, 7))

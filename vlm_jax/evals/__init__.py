@@ -1,20 +1,24 @@
 """Evaluations: zero-shot classification, retrieval, compositional probes; for generative
 models, captioning, VQA, POPE hallucination and likelihood-scored zero-shot and compositional
-probes; for models with an image-text matching head, ITM-reranked retrieval and ITM-scored
-compositional probes; for masked-image models, reconstructions of masked images (a number and
-a PNG in `evals.output_dir`). Zero-shot, retrieval (ITM-reranked too) and captioning read the
-dataset their `evals.<name>` spec names (`datasets`: the synthetic world by default); the
-probes and reconstructions read the world.
+probes (plain and debiased by the model's own text prior); for text -> image models (early
+fusion), zero-shot and probes scored by image likelihood; for models with an image-text
+matching head, ITM-reranked retrieval and ITM-scored compositional probes; for masked-image
+models, reconstructions of masked images (a number and a PNG in `evals.output_dir`).
+Zero-shot, retrieval (ITM-reranked too) and captioning read the dataset their `evals.<name>`
+spec names (`datasets`: the synthetic world by default); the probes and reconstructions read
+the world.
 
 Each embedding eval is `run(scorer, eval_config)`, each generative one
 `run(caption_model, scorer_or_None, eval_config)`, each matching one
-`run(matcher, scorer_or_None, eval_config)`, each reconstruction one
+`run(matcher, scorer_or_None, eval_config)`, each image-likelihood one
+`run(image_likelihood, scorer_or_None, eval_config)`, each reconstruction one
 `run(reconstructor, eval_config)` (EVALS, GENERATIVE_EVALS, MATCHER_EVALS,
-RECONSTRUCTION_EVALS), all returning {"<eval>/<split>/<metric>": float}. `run_served` runs a
-list of them by name from one dict of what a model serves ({"scorer": Scorer, "captioner":
-CaptionModel, "matcher": Matcher, "reconstructor": Reconstructor}, `capabilities_needed` says
-which each eval needs); `run_evals` is the same for a Scorer and a CaptionModel given apart;
-`format_table` prints the results for the console.
+IMAGE_LIKELIHOOD_EVALS, RECONSTRUCTION_EVALS), all returning
+{"<eval>/<split>/<metric>": float}. `run_served` runs a list of them by name from one dict of
+what a model serves ({"scorer": Scorer, "captioner": CaptionModel, "matcher": Matcher,
+"image_likelihood": ImageLikelihood, "reconstructor": Reconstructor}, `capabilities_needed`
+says which each eval needs); `run_evals` is the same for a Scorer and a CaptionModel given
+apart; `format_table` prints the results for the console.
 Evals never import trainers or the loop: the caller passes what they need.
 """
 
@@ -27,8 +31,10 @@ from vlm_jax.evals import (
     captioning,
     compositional,
     datasets,
+    debiased_caption,
     generative_compositional,
     generative_zeroshot,
+    image_likelihood_zeroshot,
     pope,
     reconstruction,
     retrieval,
@@ -36,6 +42,7 @@ from vlm_jax.evals import (
     zeroshot,
 )
 from vlm_jax.evals.caption_model import CaptionModel
+from vlm_jax.evals.image_likelihood import ImageLikelihood
 from vlm_jax.evals.matching import Matcher
 from vlm_jax.evals.reconstruction import Reconstructor
 from vlm_jax.evals.scoring import Scorer
@@ -55,6 +62,7 @@ GENERATIVE_EVALS: dict[
     "pope": pope.run,
     "genzeroshot": generative_zeroshot.run,
     "gencompositional": generative_compositional.run,
+    "gendebiased": debiased_caption.run,
 }
 # Evals of an image-text matching head (a Matcher, a cross-encoder's ITM logit); the
 # reranked retrieval takes its candidates from the Scorer, which it then needs too.
@@ -63,6 +71,13 @@ MATCHER_EVALS: dict[
 ] = {
     "itm_retrieval": retrieval.run_itm,
     "itm_compositional": compositional.run_itm,
+}
+# Evals of a text -> image model's likelihood of an image given a text (an ImageLikelihood).
+IMAGE_LIKELIHOOD_EVALS: dict[
+    str, Callable[[ImageLikelihood, Scorer | None, ml_collections.ConfigDict], dict[str, float]]
+] = {
+    "imgzeroshot": image_likelihood_zeroshot.run_zeroshot,
+    "imgcompositional": image_likelihood_zeroshot.run_compositional,
 }
 # Evals of a masked-image model's reconstructions (a Reconstructor); they write a picture to
 # eval_config.output_dir (the loop fills it with the workdir).
@@ -73,7 +88,7 @@ RECONSTRUCTION_EVALS: dict[
 }
 # capability -> the evals that take it as their first argument
 _EVALS_OF = {"scorer": EVALS, "captioner": GENERATIVE_EVALS, "matcher": MATCHER_EVALS,
-             "reconstructor": RECONSTRUCTION_EVALS}
+             "image_likelihood": IMAGE_LIKELIHOOD_EVALS, "reconstructor": RECONSTRUCTION_EVALS}
 
 # eval_config fields that must be positive integers, with their defaults.
 SIZE_DEFAULTS = {
@@ -107,6 +122,10 @@ def default_eval_config() -> ml_collections.ConfigDict:
             # caller restores it (`vlm_jax.restore.clipscore_judge`) and passes it as `judge`.
             "clipscore_workdir": "",
             "vqa_shots": 0,  # k > 0: also k-shot VQA, for models with a prompt format
+            # gendebiased: train images of the Monte Carlo text prior log P(t), and the
+            # weights alpha of log P(t|i) - alpha log P(t) reported (0: the plain likelihood)
+            "prior_images": debiased_caption.DEFAULT_PRIOR_IMAGES,
+            "prior_alphas": debiased_caption.DEFAULT_ALPHAS,
             # where evals write pictures (reconstruction's PNG); "": the run's workdir, which
             # loop.train and restore.restore_run fill in (configlib.with_workdir)
             "output_dir": "",
@@ -156,6 +175,8 @@ def capabilities_needed(names: Sequence[str] | str, eval_config) -> dict[str, fr
             needed[name] = frozenset({"matcher"})
         elif name in RECONSTRUCTION_EVALS:
             needed[name] = frozenset({"reconstructor"})
+        elif name in IMAGE_LIKELIHOOD_EVALS:
+            needed[name] = frozenset({"image_likelihood"})
         else:  # captioning's CLIPScore: judged by the model's own towers when it has them
             needed[name] = frozenset({"captioner"})
     return needed
@@ -182,7 +203,8 @@ def run_served(
     """Results of the evals `names` (a list, or one comma-separated string), merged in order.
 
     `served` maps capabilities to what the model serves ("scorer": a Scorer, "captioner": a
-    CaptionModel, "matcher": a Matcher, "reconstructor": a Reconstructor; a missing or None
+    CaptionModel, "matcher": a Matcher, "image_likelihood": an ImageLikelihood,
+    "reconstructor": a Reconstructor; a missing or None
     entry: not served), e.g. every `trainers.serve` of the trainer's CAPABILITIES.
     Captioning's CLIPScore is judged by `judge`, or the served scorer when None; with
     `eval_config.clipscore_workdir` set the caller must pass that run's Scorer as judge.
@@ -216,6 +238,9 @@ def run_served(
             results.update(MATCHER_EVALS[name](served["matcher"], scorer, eval_config))
         elif name in RECONSTRUCTION_EVALS:
             results.update(RECONSTRUCTION_EVALS[name](served["reconstructor"], eval_config))
+        elif name in IMAGE_LIKELIHOOD_EVALS:
+            results.update(IMAGE_LIKELIHOOD_EVALS[name](served["image_likelihood"], scorer,
+                                                        eval_config))
         else:
             results.update(EVALS[name](scorer, eval_config))
     return results
@@ -227,6 +252,8 @@ _WHO_SERVES = {
     "captioner": "a generative model: a trainer with the 'captioner' capability, e.g. CoCa",
     "matcher": "a model with an image-text matching head: a trainer with the 'matcher' "
                "capability, e.g. MaskVLM",
+    "image_likelihood": "a text -> image model scoring an image given a text: a trainer with "
+                        "the 'image_likelihood' capability, e.g. early_fusion (Chameleon)",
     "reconstructor": "a masked-image model: a trainer with the 'reconstructor' capability, "
                      "e.g. MaskVLM, or FLAVA with mim.target='pixels'",
 }

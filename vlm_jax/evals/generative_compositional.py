@@ -5,7 +5,9 @@ Text, image and group scores and acc2 are the Winoground / ARO ones of `composit
 (strict inequalities, ties never correct), so the two scorings of one model sit side by side
 on the same pairs. Likelihood scoring reads the caption word by word with the image in view,
 which is where word order ("a red circle left of a blue square" vs its swap) can matter.
-There is no blind baseline here: a likelihood with no image is not defined for every model.
+A likelihood with no image is not defined for every model, so the blind baseline is the
+model's own text prior instead: `debiased_caption` ("gendebiased") estimates log P(t) as a
+logmeanexp of log P(t | i) over train images and reports the blind and debiased scores.
 """
 
 from __future__ import annotations

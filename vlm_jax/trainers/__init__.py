@@ -10,6 +10,9 @@ and, for each capability, its factory (model, params, tokenizer, mesh, config) -
   "captioner": make_captioner -> vlm_jax.evals.caption_model.CaptionModel (generative evals);
   "matcher":   make_matcher   -> vlm_jax.evals.matching.Matcher (ITM evals: reranked
                retrieval, ITM-scored probes);
+  "image_likelihood": make_image_likelihood -> vlm_jax.evals.image_likelihood.ImageLikelihood
+               (log p(image | text) of a text -> image model: image-likelihood zero-shot and
+               probes);
   "reconstructor": make_reconstructor -> vlm_jax.evals.reconstruction.Reconstructor
                (masked-image reconstructions: a number and a PNG).
 `config.workdir` is the run's directory during a run (loop.train fills it; "" outside one):
@@ -35,7 +38,7 @@ TRAINERS = ("contrastive", "llip", "coca", "vq", "flava", "maskvlm", "lm", "blip
             "early_fusion")
 # capability -> the factory a trainer with it defines
 FACTORIES = {"scorer": "make_scorer", "captioner": "make_captioner", "matcher": "make_matcher",
-             "reconstructor": "make_reconstructor"}
+             "image_likelihood": "make_image_likelihood", "reconstructor": "make_reconstructor"}
 _MODULE_PREFIX = "module:"
 
 

@@ -15,8 +15,9 @@ Tokenizing in the loss, not the data pipeline: the VQ runs on the accelerator in
 pipeline stays the plain interleaved format, which other families read too.
 
 Metrics: loss, text_loss / image_loss (the cross-entropy over text or code targets),
-z_loss (unweighted), token_accuracy, image_token_accuracy. Capability: "captioner" (image ->
-text through the VQ codes; vlm_jax/early_fusion_generation.py also samples images).
+z_loss (unweighted), token_accuracy, image_token_accuracy. Capabilities: "captioner" (image ->
+text through the VQ codes; vlm_jax/early_fusion_generation.py also samples images) and
+"image_likelihood" (log p(image codes | BOS text <boi>): zero-shot and probes by Bayes).
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ import numpy as np
 
 from vlm_jax import early_fusion_generation as fusion_generation
 from vlm_jax.evals.caption_model import CaptionModel
+from vlm_jax.evals.image_likelihood import ImageLikelihood
 from vlm_jax.losses import generative
 from vlm_jax.models import early_fusion, lm, vq
 
-CAPABILITIES = frozenset({"captioner"})
+CAPABILITIES = frozenset({"captioner", "image_likelihood"})
 
 
 def init_batch(config: ml_collections.ConfigDict) -> dict:
@@ -94,3 +96,11 @@ def make_captioner(model: lm.LM, params, tokenizer, mesh,
     return fusion_generation.make_captioner(
         model, params, tokenizer, mesh, config, fusion_generation.load_image_tokenizer(config))
 
+
+
+def make_image_likelihood(model: lm.LM, params, tokenizer, mesh,
+                          config: ml_collections.ConfigDict) -> ImageLikelihood:
+    """log p(image codes | BOS text <boi>) of (image, text) rows, for the image-likelihood
+    evals."""
+    return fusion_generation.make_image_likelihood(
+        model, params, tokenizer, mesh, config, fusion_generation.load_image_tokenizer(config))
