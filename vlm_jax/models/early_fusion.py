@@ -41,6 +41,9 @@ class ImageVocabulary:
     bos_id: int
     eos_id: int
     pad_id: int
+    # CM3's sentinels (configs/cm3leon.py adds them as data.special_tokens); -1 without them.
+    mask_id: int = -1
+    infill_id: int = -1
 
     def is_code(self, tokens: jax.Array) -> jax.Array:
         return (tokens >= self.code_offset) & (tokens < self.code_offset + self.codebook_size)
@@ -57,8 +60,10 @@ def image_vocabulary(tokenizer, codebook_size: int) -> ImageVocabulary:
         raise ValueError(f"the tokenizer's image codes <img_0>..<img_{codebook_size - 1}> must be "
                          f"its last {codebook_size} ids; got {offset}..{last} of "
                          f"{tokenizer.vocab_size}: set data.image_codes to the VQ codebook size")
+    cm3 = [tokenizer.special_ids.get(t, -1) for t in ("<mask>", "<infill>")]
     return ImageVocabulary(offset, codebook_size, *(tokenizer.token_id(t) for t in (
-        "<boi>", "<eoi>", "<image>")), tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id)
+        "<boi>", "<eoi>", "<image>")), tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id,
+        *cm3)
 
 
 def fuse_codes(text_tokens: jax.Array, codes: jax.Array, image_positions: jax.Array,
