@@ -197,4 +197,4 @@ def test_generative_evals_need_a_caption_model():
     with pytest.raises(ValueError, match="vqa_size must be a positive integer"):
         run_evals(["vqa"], None, small_eval_config(vqa_size=0), caption_model=CONSTANT)
     assert set(GENERATIVE_EVALS) == {"captioning", "vqa", "pope", "genzeroshot",
-                                     "gencompositional"}
+                                     "gencompositional", "gendebiased"}
