@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import os
+import sys
 import tempfile
 
 import ml_collections
@@ -24,6 +25,7 @@ def check(config: ml_collections.ConfigDict, workdir: str, device_count: int) ->
     _check_batch(config, device_count)
     _check_names(config)
     _check_data(config.data)
+    _check_source_decodes(config.data)
     _check_workdir(workdir)
 
 
@@ -115,6 +117,65 @@ def _check_data(data) -> None:
     if tokenizer == "world" and data.vocab_size < 8:
         raise ConfigError(f"data.vocab_size={data.vocab_size} is too small for the world "
                           "tokenizer; use e.g. 256")
+
+
+# Records tried, evenly spread over the source: if none decodes, the data (or its format) is
+# wrong, not noisy; the pipeline replaces the odd corrupt record later.
+PROBE_RECORDS = 8
+
+
+def _check_source_decodes(data) -> None:
+    """Opens a file-backed train source and decodes a few records: an all-corrupt source, a TFDS
+    dataset that is not prepared or whose features would import TensorFlow, are one line now,
+    not a traceback from a data worker after the model compiled."""
+    if data.source == "world":
+        return
+    from vlm_jax.data import sources
+
+    had_tensorflow = "tensorflow" in sys.modules
+    try:
+        source = sources.make_source(data, "train")
+    except (FileNotFoundError, ValueError) as error:
+        raise ConfigError(f"data.source={data.source}: {error}") from None
+    if len(source) == 0:
+        raise ConfigError(f"data: {source!r} holds no records; point the data paths at "
+                          "written shards")
+    failures = []
+    for index in sorted({int(i) for i in _spread(len(source), PROBE_RECORDS)}):
+        try:
+            source[index]
+        except sources.CorruptRecordError as error:
+            if _needs_tensorflow(error):
+                raise ConfigError(_TENSORFLOW_FIX.format(name=data.tfds_name)) from None
+            failures.append(error)
+        else:
+            break
+    else:
+        raise ConfigError(f"data: none of {len(failures)} records tried decodes (last: "
+                          f"{failures[-1]}); these are not vlm_jax examples: write them with "
+                          "python -m vlm_jax.data.convert (or sources.write_array_record)")
+    if data.source == "tfds" and not had_tensorflow and "tensorflow" in sys.modules:
+        raise ConfigError(_TENSORFLOW_FIX.format(name=data.tfds_name))
+
+
+_TENSORFLOW_FIX = ("data.tfds_name={name!r}: reading its features imports TensorFlow; prepare it "
+                   "with `tfds build {name} --file_format=array_record` (read without TF) or "
+                   "convert it: python -m vlm_jax.data.convert --format=tfds")
+
+
+def _spread(size: int, count: int) -> list[int]:
+    return [round(k * (size - 1) / max(1, count - 1)) for k in range(min(size, count))]
+
+
+def _needs_tensorflow(error: BaseException) -> bool:
+    """Whether a decode failed because TensorFlow is missing (tfds decodes some features,
+    e.g. tf.string-encoded images of a TFRecord-era builder, only through TF)."""
+    while error is not None:
+        if isinstance(error, ModuleNotFoundError) and (error.name or "").split(".")[0] == \
+                "tensorflow":
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def _check_workdir(workdir: str) -> None:

@@ -90,6 +90,9 @@ def decode_example(record: bytes) -> dict[str, Any]:
     except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as error:
         if isinstance(error, CorruptRecordError):
             raise
+        if "allow_pickle" in str(error):  # numpy's hint would be an unsafe one to follow
+            raise CorruptRecordError("not an encode_example record (it holds a pickled object "
+                                     "array; records are never unpickled)") from error
         raise CorruptRecordError(f"not an encode_example record ({error})") from error
     if image.dtype != np.uint8 or image.ndim != 3 or caption.dtype.kind != "U" or caption.ndim:
         raise CorruptRecordError(
