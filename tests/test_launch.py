@@ -89,15 +89,20 @@ def _checkpoint_steps(workdir) -> list[int]:
                   if name.isdigit())
 
 
-def _sigterm_after(process, workdir, steps: int, timeout: float) -> str:
-    """SIGTERM to `process` once `steps` steps are logged in `workdir`; returns its output."""
+def _sigterm_after(process, workdir, steps: int, timeout: float, *,
+                   ctrl_c: bool = False) -> str:
+    """SIGTERM to `process` once `steps` steps are logged in `workdir`; returns its output.
+    ctrl_c: SIGINT to its whole process group instead, as a terminal's Ctrl-C sends it."""
     deadline = time.time() + timeout
     while len(_losses(workdir)) < steps and process.poll() is None:
         if time.time() > deadline:
             pytest.fail(f"fewer than {steps} steps logged after {timeout} s")
         time.sleep(0.05)
     assert process.poll() is None, process.communicate()[0][-3000:]
-    os.kill(process.pid, signal.SIGTERM)
+    if ctrl_c:
+        os.killpg(process.pid, signal.SIGINT)
+    else:
+        os.kill(process.pid, signal.SIGTERM)
     try:
         return process.communicate(timeout=timeout)[0]
     except subprocess.TimeoutExpired:
@@ -426,6 +431,22 @@ def test_two_process_sigterm_then_resume_logs_the_losses_of_one_process(tmp_path
     want, got = _losses(one_process_run), _losses(workdir)
     assert sorted(got) == list(range(1, 7))
     assert list(got.values()) == pytest.approx(list(want.values()), rel=LOSS_RTOL)
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_two_process_ctrl_c_saves_one_step_and_exits_0(tmp_path):
+    """A terminal's Ctrl-C reaches local.sh and both trainers (one process group): they still
+    agree on one step, save it and exit 0, as for SIGTERM."""
+    workdir = tmp_path / "two_processes"
+    command = _two_processes(workdir, "--config.total_steps=150", "--config.evals.names=()")
+    with _started(command, _env(4, NUM_PROCESSES="2")) as process:
+        output = _sigterm_after(process, workdir, steps=2, timeout=180, ctrl_c=True)
+    assert process.returncode == 0, output[-3000:]
+    reached = max(_losses(workdir))
+    assert reached < 150 and _checkpoint_steps(workdir) == [reached], output[-3000:]
+    assert f"at step {reached}" in output, output[-3000:]
+    assert "Traceback" not in output + (workdir / "logs" / "process_1.log").read_text()
 
 
 @pytest.mark.multiprocess

@@ -34,12 +34,14 @@ class PreemptionWatch:
         self._previous: dict[int, object] = {}
         # signal.signal works in the main thread only; elsewhere signals keep their old meaning.
         if threading.current_thread() is threading.main_thread():
-            # With several processes jax's sync service owns SIGTERM; launch/local.sh turns a
-            # Ctrl-C into SIGTERM for its processes, so only one process's SIGINT is ours.
-            signals = () if self._synced else (signal.SIGTERM, signal.SIGINT)
-            for signum in signals:
+            # With several processes jax's sync service owns SIGTERM. A Ctrl-C reaches every
+            # process of the terminal's group (launch/local.sh's trainers too, and srun passes
+            # it on): each turns it into a SIGTERM to itself, so the service agrees on a step.
+            handlers = ({signal.SIGINT: self._sigint_to_sigterm} if self._synced else
+                        {signal.SIGTERM: self._note, signal.SIGINT: self._note})
+            for signum, handler in handlers.items():
                 # None: the old handler was not set from Python; the default is the closest.
-                self._previous[signum] = signal.signal(signum, self._note) or signal.SIG_DFL
+                self._previous[signum] = signal.signal(signum, handler) or signal.SIG_DFL
 
     def _note(self, signum, frame) -> None:
         del frame
@@ -47,6 +49,14 @@ class PreemptionWatch:
             raise KeyboardInterrupt  # a second Ctrl-C: stop now, the last checkpoint is kept
         self.signalled = True
         self.signal_name = signal.Signals(signum).name
+
+    def _sigint_to_sigterm(self, signum, frame) -> None:
+        del signum, frame
+        # `signalled` is the sync service's answer here, so a Ctrl-C is remembered apart.
+        if self.signal_name == "SIGINT":
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, the last checkpoint is kept
+        self.signal_name = "SIGINT"
+        os.kill(os.getpid(), signal.SIGTERM)
 
     def reached(self) -> bool:
         self._steps += 1
