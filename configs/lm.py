@@ -30,7 +30,9 @@ def get_config(arg=None):
         tie_embeddings=True, qk_norm=False)
     c.data.mixture = WORLD_TEXT
     c.data.image_size = 16  # the smallest world image: the loader still renders one per example
-    c.evals.names = ()  # an LM serves none of the image evals; see trainers/lm.heldout_metrics
+    # The blind baseline (evals/text_prior.py); the image evals need images: see
+    # trainers/lm.heldout_metrics for the LM on held-out text.
+    c.evals.names = ("blindprior",)
     if arg.smollm2:
         # The sizes are the GGUF's (convert/gguf_llama); init_from checks every shape.
         c.model.update(vocab_size=49152, width=576, depth=30, num_heads=9, num_kv_heads=3,

@@ -17,7 +17,7 @@ import sys
 
 from absl import app, flags, logging
 
-from vlm_jax import configlib
+from vlm_jax import configlib, peers
 
 _CONFIG = flags.DEFINE_string("config", None, "config file and arg: configs/siglip.py:tiny")
 _WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and results")
@@ -58,6 +58,7 @@ def main(overrides: list[str]) -> None:
     try:
         _main(overrides)
     except Interrupted as stop:
+        peers.mark_finished()
         print(f"stopped by {stop} before or after the train steps; the checkpoints in "
               f"{_WORKDIR.value} are as they were. Rerun the same command to resume", flush=True)
         sys.exit(0)
@@ -86,9 +87,13 @@ def _main(overrides: list[str]) -> None:
     print(config)
     try:
         loop.train(config, _WORKDIR.value)
+        peers.mark_finished()
     except (configlib.ConfigError, checkpoint.CheckpointMismatchError,
             loop.NonFiniteLossError) as error:
         sys.exit(f"error: {error}")
+    except Exception as error:
+        peers.exit_if_peer_lost(error)  # a dead peer of a multi-process run: one line
+        raise
 
 
 def run() -> None:

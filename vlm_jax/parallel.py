@@ -24,6 +24,7 @@ from vlm_jax.models import layers
 MESH_AXES = ("data", "fsdp", "tensor")
 # The batch placement when no rules are given; a config's `("batch", ...)` rule overrides it.
 BATCH_AXES = ("data", "fsdp")
+DEFAULT_HEARTBEAT_S = 100  # jax.distributed's heartbeat_timeout_seconds
 # Set by srun inside a job step; sbatch alone sets only some (its script is one process).
 _SLURM_STEP = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID",
                "SLURM_LOCALID")
@@ -87,6 +88,15 @@ def maybe_initialize_distributed(environ: Mapping[str, str] = os.environ) -> str
     elif kind == "tpu":
         # jax reads the pod's hosts and this host's index from the TPU VM metadata.
         jax.distributed.initialize(**timeouts)
+    if kind is not None and jax.default_backend() == "cpu":
+        # A CPU executable read back from the persistent compilation cache brings no gloo
+        # rendezvous of this run: its first collective times out ("Gloo context initialization
+        # failed"; measured with JAX_COMPILATION_CACHE_DIR set, jax 0.12). Compile afresh.
+        jax.config.update("jax_enable_compilation_cache", False)
+    if kind is not None:
+        from vlm_jax import peers  # a dead peer: one line, not jax's C++ abort
+
+        peers.start(float(environ.get("VLM_JAX_DISTRIBUTED_TIMEOUT", DEFAULT_HEARTBEAT_S)))
     return kind
 
 

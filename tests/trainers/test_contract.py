@@ -21,7 +21,7 @@ def test_builtin_trainers_declare_their_capabilities():
                         "coca": {"scorer", "captioner"}, "vq": set(),
                         "flava": {"scorer", "matcher", "reconstructor"},
                         "maskvlm": {"scorer", "matcher", "reconstructor"},
-                        "lm": set(), "blip2": {"scorer", "matcher"},
+                        "lm": {"text_prior"}, "blip2": {"scorer", "matcher"},
                         "prefix_lm": {"captioner"},
                         "early_fusion": {"captioner", "image_likelihood"}}
 

@@ -3,7 +3,8 @@ models, captioning, VQA, POPE hallucination and likelihood-scored zero-shot and 
 probes (plain and debiased by the model's own text prior); for text -> image models (early
 fusion), zero-shot and probes scored by image likelihood; for models with an image-text
 matching head, ITM-reranked retrieval and ITM-scored compositional probes; for masked-image
-models, reconstructions of masked images (a number and a PNG in `evals.output_dir`).
+models, reconstructions of masked images (a number and a PNG in `evals.output_dir`); for a
+text-only LM, the blind baseline of its caption prior (`text_prior`).
 Zero-shot, retrieval (ITM-reranked too) and captioning read the dataset their `evals.<name>`
 spec names (`datasets`: the synthetic world by default); the probes and reconstructions read
 the world.
@@ -12,11 +13,13 @@ Each embedding eval is `run(scorer, eval_config)`, each generative one
 `run(caption_model, scorer_or_None, eval_config)`, each matching one
 `run(matcher, scorer_or_None, eval_config)`, each image-likelihood one
 `run(image_likelihood, scorer_or_None, eval_config)`, each reconstruction one
-`run(reconstructor, eval_config)` (EVALS, GENERATIVE_EVALS, MATCHER_EVALS,
-IMAGE_LIKELIHOOD_EVALS, RECONSTRUCTION_EVALS), all returning
+`run(reconstructor, eval_config)`, the blind text-prior one `run(text_prior, None,
+eval_config)` (EVALS, GENERATIVE_EVALS, MATCHER_EVALS, IMAGE_LIKELIHOOD_EVALS,
+RECONSTRUCTION_EVALS, TEXT_PRIOR_EVALS), all returning
 {"<eval>/<split>/<metric>": float}. `run_served` runs a list of them by name from one dict of
 what a model serves ({"scorer": Scorer, "captioner": CaptionModel, "matcher": Matcher,
-"image_likelihood": ImageLikelihood, "reconstructor": Reconstructor}, `capabilities_needed`
+"image_likelihood": ImageLikelihood, "reconstructor": Reconstructor, "text_prior":
+TextPrior}, `capabilities_needed`
 says which each eval needs); `run_evals` is the same for a Scorer and a CaptionModel given
 apart; `format_table` prints the results for the console.
 Evals never import trainers or the loop: the caller passes what they need.
@@ -38,6 +41,7 @@ from vlm_jax.evals import (
     pope,
     reconstruction,
     retrieval,
+    text_prior,
     vqa,
     zeroshot,
 )
@@ -46,6 +50,7 @@ from vlm_jax.evals.image_likelihood import ImageLikelihood
 from vlm_jax.evals.matching import Matcher
 from vlm_jax.evals.reconstruction import Reconstructor
 from vlm_jax.evals.scoring import Scorer
+from vlm_jax.evals.text_prior import TextPrior
 
 EVALS: dict[str, Callable[[Scorer, ml_collections.ConfigDict], dict[str, float]]] = {
     "zeroshot": zeroshot.run,
@@ -86,9 +91,16 @@ RECONSTRUCTION_EVALS: dict[
 ] = {
     "reconstruction": reconstruction.run,
 }
+# Evals of a text-only model's caption prior (a TextPrior): the blind baseline.
+TEXT_PRIOR_EVALS: dict[
+    str, Callable[[TextPrior, Scorer | None, ml_collections.ConfigDict], dict[str, float]]
+] = {
+    "blindprior": text_prior.run,
+}
 # capability -> the evals that take it as their first argument
 _EVALS_OF = {"scorer": EVALS, "captioner": GENERATIVE_EVALS, "matcher": MATCHER_EVALS,
-             "image_likelihood": IMAGE_LIKELIHOOD_EVALS, "reconstructor": RECONSTRUCTION_EVALS}
+             "image_likelihood": IMAGE_LIKELIHOOD_EVALS, "reconstructor": RECONSTRUCTION_EVALS,
+             "text_prior": TEXT_PRIOR_EVALS}
 
 # eval_config fields that must be positive integers, with their defaults.
 SIZE_DEFAULTS = {
@@ -175,6 +187,8 @@ def capabilities_needed(names: Sequence[str] | str, eval_config) -> dict[str, fr
             needed[name] = frozenset({"matcher"})
         elif name in RECONSTRUCTION_EVALS:
             needed[name] = frozenset({"reconstructor"})
+        elif name in TEXT_PRIOR_EVALS:
+            needed[name] = frozenset({"text_prior"})
         elif name in IMAGE_LIKELIHOOD_EVALS:
             needed[name] = frozenset({"image_likelihood"})
         else:  # captioning's CLIPScore: judged by the model's own towers when it has them
@@ -238,6 +252,8 @@ def run_served(
             results.update(MATCHER_EVALS[name](served["matcher"], scorer, eval_config))
         elif name in RECONSTRUCTION_EVALS:
             results.update(RECONSTRUCTION_EVALS[name](served["reconstructor"], eval_config))
+        elif name in TEXT_PRIOR_EVALS:
+            results.update(TEXT_PRIOR_EVALS[name](served["text_prior"], scorer, eval_config))
         elif name in IMAGE_LIKELIHOOD_EVALS:
             results.update(IMAGE_LIKELIHOOD_EVALS[name](served["image_likelihood"], scorer,
                                                         eval_config))
@@ -256,6 +272,8 @@ _WHO_SERVES = {
                         "the 'image_likelihood' capability, e.g. early_fusion (Chameleon)",
     "reconstructor": "a masked-image model: a trainer with the 'reconstructor' capability, "
                      "e.g. MaskVLM, or FLAVA with mim.target='pixels'",
+    "text_prior": "a text-only model scoring log P(text): a trainer with the 'text_prior' "
+                  "capability, e.g. lm (configs/lm.py)",
 }
 
 

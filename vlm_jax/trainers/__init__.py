@@ -14,7 +14,9 @@ and, for each capability, its factory (model, params, tokenizer, mesh, config) -
                (log p(image | text) of a text -> image model: image-likelihood zero-shot and
                probes);
   "reconstructor": make_reconstructor -> vlm_jax.evals.reconstruction.Reconstructor
-               (masked-image reconstructions: a number and a PNG).
+               (masked-image reconstructions: a number and a PNG);
+  "text_prior": make_text_prior -> vlm_jax.evals.text_prior.TextPrior (log P(text) of a
+               text-only model: the blind baseline).
 `config.workdir` is the run's directory during a run (loop.train fills it; "" outside one):
 a trainer may keep files made for the run there (FLAVA's k-means codebook).
 The shared loop in `vlm_jax.loop` does the rest (state, step, checkpoints, metrics, evals).
@@ -38,7 +40,8 @@ TRAINERS = ("contrastive", "llip", "coca", "vq", "flava", "maskvlm", "lm", "blip
             "early_fusion")
 # capability -> the factory a trainer with it defines
 FACTORIES = {"scorer": "make_scorer", "captioner": "make_captioner", "matcher": "make_matcher",
-             "image_likelihood": "make_image_likelihood", "reconstructor": "make_reconstructor"}
+             "image_likelihood": "make_image_likelihood", "reconstructor": "make_reconstructor",
+             "text_prior": "make_text_prior"}
 _MODULE_PREFIX = "module:"
 
 

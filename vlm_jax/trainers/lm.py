@@ -8,8 +8,9 @@ predicts text_tokens[:, t + 1]; which targets count is `loss.targets`:
                 mask_loss; rows without one (captions in a mixture) count every non-padding
                 target.
 Metrics: loss, token_accuracy (argmax equals the target), perplexity (exp of the loss), over
-the counted targets. No eval capabilities: `heldout_metrics` measures a trained LM on another
-split.
+the counted targets. Capability "text_prior": log P(text), the blind baseline of the
+zero-shot set and the probes (eval "blindprior"); `heldout_metrics` measures a trained LM on
+another split.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 from vlm_jax.losses import generative
 from vlm_jax.models.lm import LM
 
-CAPABILITIES = frozenset()
+CAPABILITIES = frozenset({"text_prior"})
 TARGETS = ("all", "supervised")
 
 
@@ -66,6 +67,30 @@ def make_loss_fn(model: LM, config: ml_collections.ConfigDict, mesh=None):
         return next_token_loss(model, params, batch, pad_id, targets)
 
     return loss_fn
+
+
+def text_log_likelihood(model: LM, params, text_tokens: jax.Array, pad_id: int) -> jax.Array:
+    """float32 [B]: sum over the non-padding targets of log p(text_tokens[:, t + 1] | prefix),
+    the same tokens and targets `next_token_loss` trains on ("all")."""
+    inputs, targets = text_tokens[:, :-1], text_tokens[:, 1:]
+    logits = model.apply({"params": params}, inputs, valid=inputs != pad_id)
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    picked = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]  # [B, L - 1]
+    return jnp.sum(jnp.where(targets != pad_id, picked, 0.0), axis=-1)
+
+
+def make_text_prior(model: LM, params, tokenizer, mesh, config: ml_collections.ConfigDict):
+    """TextPrior: texts -> log P(text) float [N], tokenized as training tokenizes captions."""
+    from vlm_jax.evals.text_prior import TextPrior
+
+    del mesh  # one jitted forward over host-sized chunks
+    length, pad_id = config.data.text_length, tokenizer.pad_id
+    score = jax.jit(lambda p, tokens: text_log_likelihood(model, p, tokens, pad_id))
+
+    def log_prior(texts):
+        return np.asarray(score(params, tokenizer.encode([str(t) for t in texts], length)))
+
+    return TextPrior(log_prior=log_prior)
 
 
 def _pad_id(config: ml_collections.ConfigDict) -> int:
