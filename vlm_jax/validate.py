@@ -15,7 +15,7 @@ import ml_collections
 from vlm_jax.configlib import ConfigError
 from vlm_jax.data import packaged
 
-SOURCES = ("world", "array_record", "tfds")
+SOURCES = ("world", "array_record", "tfds", "retrieval", "instructions")  # data/sources.py
 
 
 def check(config: ml_collections.ConfigDict, workdir: str, device_count: int) -> None:
