@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import cm3leon
-from vlm_jax import retrieval
+from vlm_jax import retrieval, validate
 from vlm_jax.configlib import ConfigError
 from vlm_jax.data import cm3leon_sources, formats, pipeline, sources
 from vlm_jax.data.tokenizer import load_tokenizer
@@ -147,6 +147,8 @@ def test_configs_build_the_sources_and_name_missing_runs(tmp_path):
     config = cm3leon.get_config(f"tiny,stage=1,vq={vq},retriever={tmp_path / 'none'}")
     with pytest.raises(ValueError, match=r"holds no run: train configs/siglip.py:tiny"):
         sources.make_source(config.data, "train")
+    with pytest.raises(ConfigError, match=r"retriever=.* holds no run; train configs/siglip"):
+        validate.check(config, str(tmp_path / "run"), device_count=8)
     with pytest.raises(ConfigError, match="vq=<a configs/vq.py:tiny workdir>"):
         cm3leon.get_config("tiny,stage=1,retrieved=0")
     with pytest.raises(ConfigError, match="stage1=<a configs/cm3leon.py:tiny,stage=1 workdir>"):
