@@ -20,6 +20,7 @@ guidance 3; vlm_jax/evals/text_to_image.py), and its training loss at the last s
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -133,19 +134,27 @@ VQA by question kind:
 """
 
 
-def reading(results: dict) -> str:
-    """What the numbers say, written from them (no hand-entered result)."""
+def reading(results: dict, sizes: dict[str, int]) -> str:
+    """What the numbers say, written from them (no hand-entered result). sizes: the items
+    behind each accuracy ("vqa/val/overall", "t2i/guidance/colour_accuracy"), for its
+    binomial standard error."""
     lines = []
-    for stage in ("stage2",):
-        plain, augmented = results[f"{stage}_plain"], results[f"{stage}_retrieval"]
-        for key, what in (("captioning/val/cider", "captioning CIDEr"),
-                          ("vqa/val/overall", "VQA accuracy"),
-                          ("t2i/guidance/colour_accuracy", "text -> image colour accuracy")):
-            if key in plain and key in augmented:
-                a, b = plain[key], augmented[key]
-                lines.append(f"- After stage 2, {what} is {b:.3f} from the retrieval-augmented "
-                             f"stage 1 against {a:.3f} from the plain one ("
-                             f"{'higher' if b > a else 'lower' if b < a else 'equal'}).")
+    plain, augmented = results["stage2_plain"], results["stage2_retrieval"]
+    for key, what in (("captioning/val/cider", "captioning CIDEr"),
+                      ("vqa/val/overall", "VQA accuracy"),
+                      ("t2i/guidance/colour_accuracy", "text -> image colour accuracy")):
+        if key in plain and key in augmented:
+            a, b = plain[key], augmented[key]
+            line = (f"- After stage 2, {what} is {b:.3f} from the retrieval-augmented stage 1 "
+                    f"against {a:.3f} from the plain one "
+                    f"({'higher' if b > a else 'lower' if b < a else 'equal'})")
+            if key in sizes:  # two independent binomial proportions over sizes[key] items
+                n = sizes[key]
+                noise = 2 * math.sqrt((a * (1 - a) + b * (1 - b)) / n)
+                line += (f"; twice the standard error of the difference over {n} items is "
+                         f"{noise:.3f}, so it is {'beyond' if abs(b - a) > noise else 'within'}"
+                         " the noise")
+            lines.append(line + ".")
     prior = results["stage2_plain"].get("vqa/val/prior_overall")
     if prior is not None:
         best = max(results[name].get("vqa/val/overall", 0.0) for name in RUNS)
@@ -154,9 +163,8 @@ def reading(results: dict) -> str:
         lines.append(f"- The best VQA accuracy, {best:.3f}, is "
                      f"{'above' if best > prior else 'not above'} the blind answer prior "
                      f"{prior:.3f}: {verdict}.")
-    lines.append("- One seed, small eval sets and tiny runs: differences of a few hundredths "
-                 "are within the noise of these sets; the table says which way each went, "
-                 "not that retrieval helps in general. CM3leon's claim is about compute "
+    lines.append("- One seed and tiny runs: the table says which way each went on these "
+                 "sets, not that retrieval helps in general. CM3leon's claim is about compute "
                  "efficiency at scale, which this report does not test.")
     return "\n".join(lines)
 
@@ -201,7 +209,10 @@ def main(argv: list[str] | None = None) -> None:
             "eval_sizes": {key: eval_config[key] for key in ("captioning_size", "vqa_size")},
             "t2i_prompts": 3 if args.micro else T2I_PROMPTS,
             "t2i_samples": 2 if args.micro else T2I_SAMPLES,
-            "chance": reports.vqa_chance(eval_config.image_size), "reading": reading(results)}
+            "chance": reports.vqa_chance(eval_config.image_size)}
+    t2i_items = info["t2i_prompts"] * info["t2i_samples"]
+    info["reading"] = reading(results, {"vqa/val/overall": eval_config.vqa_size,
+                                        "t2i/guidance/colour_accuracy": t2i_items})
     with open(args.out, "w") as f:
         f.write(markdown(results, configs, outcomes, info))
     with open(os.path.join(root, "report_results.json"), "w") as f:

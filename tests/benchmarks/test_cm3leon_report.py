@@ -34,7 +34,8 @@ def test_markdown_puts_each_number_in_its_row_and_the_reading_follows_them():
         "prerequisites": "reused", "eval_sizes": {"captioning_size": 64, "vqa_size": 64},
         "t2i_prompts": 7, "t2i_samples": 4,
         "chance": {"colour": 1 / 7, "count": 0.25, "spatial": 0.25, "yesno": 0.5},
-        "reading": cm3leon_report.reading(results)}
+        "reading": cm3leon_report.reading(results, {"vqa/val/overall": 64,
+                                                    "t2i/guidance/colour_accuracy": 28})}
     page = cm3leon_report.markdown(results, dict.fromkeys(cm3leon_report.RUNS, config),
                                    dict.fromkeys(cm3leon_report.RUNS, outcome), info)
     lines = page.splitlines()
@@ -45,6 +46,9 @@ def test_markdown_puts_each_number_in_its_row_and_the_reading_follows_them():
     # stage 2: CIDEr 0.3 vs 0.2 (higher), VQA 0.6 vs 0.5 (higher), t2i 0.2 vs 0.3 (lower)
     assert ("- After stage 2, captioning CIDEr is 0.300 from the retrieval-augmented stage 1 "
             "against 0.200 from the plain one (higher).") in lines
+    # VQA 0.6 vs 0.5 over 64 items: 2 sqrt((0.25 + 0.24) / 64) = 0.175 > 0.1
+    assert any("VQA accuracy is 0.600" in line and "is 0.175, so it is within the noise" in line
+               for line in lines)
     assert any("text -> image colour accuracy is 0.200" in line and "(lower)" in line
                for line in lines)
     assert any("The best VQA accuracy, 0.600, is above the blind answer prior 0.438" in line
