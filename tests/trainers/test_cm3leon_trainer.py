@@ -1,9 +1,15 @@
 """The CM3leon trainer: stage 2's loss mask covers exactly the answer tokens of each task (rows
 rebuilt in Python from the documents' texts and the VQ's codes) and its loss is NumPy cross-
 entropy over them; stage 1 without infilling is early fusion's loss, with it every row moves
-one span; one jitted train step of each stage gives a finite loss and a nonzero gradient."""
+one span; one jitted train step of each stage gives a finite loss and a nonzero gradient;
+(slow) both stages train through the CLI and the text -> image CLI draws from stage 2."""
 
 import functools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +25,8 @@ from vlm_jax.data.world import World
 from vlm_jax.models import early_fusion, lm
 from vlm_jax.trainers import cm3leon as trainer
 from vlm_jax.trainers import early_fusion as fusion_trainer
+
+ROOT = Path(__file__).parents[2]
 
 
 def small_config(stage):
@@ -155,3 +163,32 @@ def test_one_train_step_of_each_stage_is_finite_with_a_gradient(stage, monkeypat
     _, metrics = step(state, parallel.global_batch(batch_of(docs, config), mesh, rules))
     assert np.isfinite(float(metrics["train/loss"])) and float(metrics["train/loss"]) > 1.0
     assert float(metrics["train/grad_norm"]) > 0
+
+
+@pytest.mark.slow
+def test_both_stages_train_through_the_cli_and_draw(tmp_path):
+    vq_dir, one, two = (str(tmp_path / name) for name in ("vq", "stage1", "stage2"))
+    env = dict(os.environ, JAX_NUM_CPU_DEVICES="1")
+    env["XLA_FLAGS"] = env.get("XLA_FLAGS", "").replace(
+        "--xla_force_host_platform_device_count=8", "")
+
+    def run(*args):
+        result = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
+                                text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    run("-m", "vlm_jax.main", "--config=configs/vq.py:tiny,steps=2,batch=4,image_size=16",
+        f"--workdir={vq_dir}")
+    evals = ["--config.evals.names=('captioning',)", "--config.evals.captioning_size=4"]
+    run("-m", "vlm_jax.main", f"--config=configs/cm3leon.py:tiny,stage=1,vq={vq_dir},"
+        "retrieved=0,steps=2,batch=4,bank_size=64", f"--workdir={one}", *evals)
+    run("-m", "vlm_jax.main", f"--config=configs/cm3leon.py:tiny,stage=2,stage1={one},steps=2,"
+        "batch=4", f"--workdir={two}", *evals)
+    run("-m", "vlm_jax.early_fusion_generation", f"--workdir={two}", "--prompts=1",
+        "--samples=1")
+    with open(os.path.join(two, "text_to_image.json")) as f:
+        report = json.load(f)
+    assert os.path.exists(report["grid"])
+    assert all(0.0 <= r["colour_accuracy"] <= 1.0 for r in report["results"].values())
+    with open(os.path.join(two, "results.json")) as f:
+        assert "captioning/val/cider" in json.load(f)
