@@ -16,7 +16,7 @@ import ml_collections
 from vlm_jax.configlib import ConfigError
 from vlm_jax.data import packaged
 
-SOURCES = ("world", "array_record", "tfds")
+SOURCES = ("world", "array_record", "tfds", "retrieval", "instructions")  # data/sources.py
 
 
 def check(config: ml_collections.ConfigDict, workdir: str, device_count: int) -> None:
@@ -105,6 +105,10 @@ def _check_data(data) -> None:
         if not glob.glob(data.array_record_pattern):
             raise ConfigError(f"data.array_record_pattern={data.array_record_pattern!r} "
                               "matches no file; check the path")
+    if data.source == "retrieval" and data.retrieval.k > 0 and not os.path.exists(
+            os.path.join(data.retrieval.retriever, "config.json")):
+        raise ConfigError(f"data.retrieval.retriever={data.retrieval.retriever!r} holds no run; "
+                          "train configs/siglip.py:tiny and pass retriever=<its workdir>")
     if data.source == "tfds" and not data.tfds_name:
         raise ConfigError("data.source=tfds needs data.tfds_name (e.g. "
                           "--config.data.tfds_name=coco_captions)")

@@ -23,7 +23,8 @@ def test_builtin_trainers_declare_their_capabilities():
                         "maskvlm": {"scorer", "matcher", "reconstructor"},
                         "lm": {"text_prior"}, "blip2": {"scorer", "matcher"},
                         "prefix_lm": {"captioner"},
-                        "early_fusion": {"captioner", "image_likelihood"}}
+                        "early_fusion": {"captioner", "image_likelihood"},
+                        "cm3leon": {"captioner", "image_likelihood"}}
 
 
 def test_init_batch_is_the_models_sample_inputs():

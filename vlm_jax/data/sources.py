@@ -21,7 +21,7 @@ from grain.sources import ArrayRecordDataSource
 
 from vlm_jax.data.world import World
 
-SOURCES = ("world", "array_record", "tfds")
+SOURCES = ("world", "array_record", "tfds", "retrieval", "instructions")
 
 
 class CorruptRecordError(ValueError):
@@ -242,4 +242,8 @@ def make_source(data_config, split: str) -> ExampleSource:
             image_key=data_config.image_key,
             caption_key=data_config.caption_key,
         )
+    if kind in ("retrieval", "instructions"):  # CM3leon's stages (data/cm3leon_sources.py)
+        from vlm_jax.data import cm3leon_sources
+
+        return cm3leon_sources.make_source(data_config, split)
     raise ValueError(f"Unknown data.source {kind!r}; choose one of {SOURCES}.")

@@ -37,7 +37,7 @@ import numpy as np
 from vlm_jax import configlib, evals
 
 TRAINERS = ("contrastive", "llip", "coca", "vq", "flava", "maskvlm", "lm", "blip2", "prefix_lm",
-            "early_fusion")
+            "early_fusion", "cm3leon")
 # capability -> the factory a trainer with it defines
 FACTORIES = {"scorer": "make_scorer", "captioner": "make_captioner", "matcher": "make_matcher",
              "image_likelihood": "make_image_likelihood", "reconstructor": "make_reconstructor",
