@@ -343,6 +343,12 @@ machine that ran the report (a shared 2-core CPU for the committed page).
 """
 
 
+def save(path: str, results: dict, timings: dict, capabilities: dict) -> None:
+    with open(path, "w") as f:
+        json.dump({"results": results, "timings": timings, "capabilities": capabilities},
+                  f, indent=1, sort_keys=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = reports.arg_parser(__doc__.splitlines()[0], "generative_classifiers")
     parser.add_argument("--families", default="",
@@ -354,7 +360,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="JSON of the metrics (default <families>/"
                              "generative_classifiers_results.json)")
     parser.add_argument("--reuse_results", action="store_true",
-                        help="rewrite the page from --results, no evals")
+                        help="read --results and evaluate only the models it lacks (a run "
+                             "cut short resumes; a finished one rewrites the page, no evals)")
     args = parser.parse_args(argv)
     root = args.families or reports.root(args, "families")
     names = [name.strip() for name in args.models.split(",") if name.strip()]
@@ -380,7 +387,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.micro:
         eval_config.prior_images = MICRO_PRIOR_IMAGES
     results, timings, capabilities = {}, {}, {}
-    if args.reuse_results:
+    if args.reuse_results and os.path.exists(results_path):
         with open(results_path) as f:
             saved = json.load(f)
         results, timings, capabilities = saved["results"], saved["timings"], saved[
@@ -393,6 +400,7 @@ def main(argv: list[str] | None = None) -> None:
         results[name], timings[name] = evaluate(run, eval_config)
         capabilities[name] = sorted(run.trainer.CAPABILITIES)
         print(f"   {timings[name]}", flush=True)
+        save(results_path, results, timings, capabilities)  # --reuse_results resumes here
     print(evals.format_table({f"{name}:{key}": value for name, result in results.items()
                               for key, value in result.items()}))
 
@@ -408,9 +416,6 @@ def main(argv: list[str] | None = None) -> None:
                  eval_config)), "probe_size": eval_config.probe_size}
     with open(args.out, "w") as f:
         f.write(markdown({name: results[name] for name in names}, timings, setup))
-    with open(results_path, "w") as f:
-        json.dump({"results": results, "timings": timings, "capabilities": capabilities},
-                  f, indent=1, sort_keys=True)
     print(f"wrote {args.out} and {results_path}")
 
 
