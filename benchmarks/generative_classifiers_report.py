@@ -182,8 +182,11 @@ def probes_table(results: dict, labels: dict, models: dict) -> str:
 
 
 def timing_table(timings: dict, labels: dict) -> str:
-    rows = [[labels[name], scoring, f"{seconds:.0f}"]
-            for name, by_scoring in timings.items() for scoring, seconds in by_scoring.items()]
+    """Rows in the page's model order (`labels`) and SCORINGS' order (a JSON round trip sorts
+    the keys)."""
+    rows = [[labels[name], scoring, f"{timings[name][scoring]:.0f}"]
+            for name in labels if name in timings
+            for scoring in SCORINGS if scoring in timings[name]]
     return table(["model", "scoring", "eval wall s"], rows)
 
 
@@ -343,10 +346,10 @@ machine that ran the report (a shared 2-core CPU for the committed page).
 """
 
 
-def save(path: str, results: dict, timings: dict, capabilities: dict) -> None:
+def save(path: str, results: dict, timings: dict, capabilities: dict, sizes: dict) -> None:
     with open(path, "w") as f:
-        json.dump({"results": results, "timings": timings, "capabilities": capabilities},
-                  f, indent=1, sort_keys=True)
+        json.dump({"results": results, "timings": timings, "capabilities": capabilities,
+                   "eval_sizes": sizes}, f, indent=1, sort_keys=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -359,6 +362,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results", default="",
                         help="JSON of the metrics (default <families>/"
                              "generative_classifiers_results.json)")
+    parser.add_argument("--eval_sizes", default="",
+                        help="eval-set overrides, e.g. genzeroshot_size=96,probe_size=100 "
+                             "(Chameleon's likelihoods cost about linearly in both)")
     parser.add_argument("--reuse_results", action="store_true",
                         help="read --results and evaluate only the models it lacks (a run "
                              "cut short resumes; a finished one rewrites the page, no evals)")
@@ -383,13 +389,23 @@ def main(argv: list[str] | None = None) -> None:
     outcomes |= reports.train_all(rows, run_specs, root, args.retrain)
 
     eval_config = rows[names[0]].evals
-    eval_config.zeroshot_size = eval_config.genzeroshot_size  # one image set for every scoring
     if args.micro:
         eval_config.prior_images = MICRO_PRIOR_IMAGES
+    for item in filter(None, args.eval_sizes.split(",")):
+        key, _, value = item.partition("=")
+        if key not in ("genzeroshot_size", "probe_size", "prior_images", "batch_size"):
+            raise SystemExit(f"--eval_sizes {key!r}: give genzeroshot_size, probe_size, "
+                             "prior_images or batch_size")
+        eval_config[key] = int(value)
+    eval_config.zeroshot_size = eval_config.genzeroshot_size  # one image set for every scoring
+    sizes = {key: eval_config[key] for key in ("genzeroshot_size", "probe_size", "prior_images")}
     results, timings, capabilities = {}, {}, {}
     if args.reuse_results and os.path.exists(results_path):
         with open(results_path) as f:
             saved = json.load(f)
+        if saved.get("eval_sizes") != sizes:
+            raise SystemExit(f"{results_path} holds results on eval sets {saved.get('eval_sizes')}"
+                             f", not {sizes}; drop --reuse_results or pass another --results")
         results, timings, capabilities = saved["results"], saved["timings"], saved[
             "capabilities"]
     for name in names:
@@ -400,7 +416,7 @@ def main(argv: list[str] | None = None) -> None:
         results[name], timings[name] = evaluate(run, eval_config)
         capabilities[name] = sorted(run.trainer.CAPABILITIES)
         print(f"   {timings[name]}", flush=True)
-        save(results_path, results, timings, capabilities)  # --reuse_results resumes here
+        save(results_path, results, timings, capabilities, sizes)  # --reuse_results resumes here
     print(evals.format_table({f"{name}:{key}": value for name, result in results.items()
                               for key, value in result.items()}))
 
@@ -409,7 +425,6 @@ def main(argv: list[str] | None = None) -> None:
     runs = "; ".join(f"{families_report.FAMILIES[name][0]} `{run_specs[name]}` "
                      f"({rows[name].total_steps} × {rows[name].batch_size}, "
                      f"{reports.describe_training(outcomes[name])})" for name in names)
-    sizes = {key: eval_config[key] for key in ("genzeroshot_size", "probe_size", "prior_images")}
     setup = {"command": command.strip(), "runs": runs, "eval_sizes": sizes,
              "labels": {name: families_report.FAMILIES[name][0] for name in names},
              "capabilities": capabilities, "alphas": list(debiased_caption.alphas_of(
