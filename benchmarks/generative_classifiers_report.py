@@ -304,7 +304,8 @@ val split, seed 0; the held-out split for zero-shot):
 - **debiased α**: log P(t | i) − α·log P(t), the text prior P(t) a logmeanexp of log P(t | i)
   over `prior_images` train images (`debiased_caption.py`, VisualGPTScore); α ∈ {{{alphas}}},
   α = 0 being the caption-likelihood row (largest difference between the two evals' α = 0
-  numbers: {gap}). Its **blind** score ranks by log P(t) alone, no image.
+  numbers: {gap}). Its **blind** score ranks by log P(t) alone, no image: the blind columns
+  of all of a captioner's rows (one text prior per model).
 - **image likelihood**: log p(image codes | prompt), Bayes under a uniform class prior
   (`image_likelihood_zeroshot.py`; early fusion only). On the probes its acc2 is the clean
   number (each image picks the caption that makes its codes likelier).
