@@ -197,6 +197,19 @@ def reading(results: dict, labels: dict, models: dict) -> str:
     lines = []
     cosine = {name: results[name] for name, rows in models.items()
               if any(prefix == "zeroshot" for _, prefix, _ in rows)}
+    for split, words in ((SEEN, "seen"), (HELDOUT, "held-out")):
+        best_cosine = max(((result[f"zeroshot/{split}/top1"], labels[name])
+                           for name, result in cosine.items()
+                           if f"zeroshot/{split}/top1" in result), default=None)
+        generative = [(results[name][f"{prefix}/{split}/top1{suffix}"], f"{labels[name]} {label}")
+                      for name, rows in models.items() for label, prefix, suffix in rows
+                      if prefix != "zeroshot" and f"{prefix}/{split}/top1{suffix}" in results[name]]
+        if best_cosine is not None and generative:
+            best = max(generative)
+            verdict = "beats" if best[0] > best_cosine[0] else "does not beat"
+            lines.append(f"- **zero-shot {words}**: the best generative scoring ({best[1]}, top-1 "
+                         f"{best[0]:.3f}) {verdict} the best cosine ({best_cosine[1]}, "
+                         f"{best_cosine[0]:.3f}).")
     for kind in world.PROBE_KINDS:
         best_cosine = max(((result[f"compositional/{kind}/acc2"], labels[name])
                            for name, result in cosine.items()
@@ -221,6 +234,7 @@ def reading(results: dict, labels: dict, models: dict) -> str:
         alphas = [0.0] + [float(suffix[2:]) for _, prefix, suffix in rows
                           if prefix == "gendebiased"]
         for target, key in (("zero-shot seen top-1", f"gendebiased/{SEEN}/top1_{{}}"),
+                            ("zero-shot held-out top-1", f"gendebiased/{HELDOUT}/top1_{{}}"),
                             *((f"{kind} acc2", f"gendebiased/{kind}/acc2_{{}}")
                               for kind in world.PROBE_KINDS)):
             values = {alpha: result.get(key.format(debiased_caption.alpha_name(alpha)))

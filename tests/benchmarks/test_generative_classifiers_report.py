@@ -88,6 +88,8 @@ def test_the_reading_follows_the_numbers():
             "best cosine (SigLIP, 0.625)") in page
     assert "CoCa, zero-shot seen top-1: debiasing helps most at α=0.5 (0.750 → 0.812)" in page
     assert "seen top-1 0.000 against chance 0.042 (not above)" in page
+    assert ("**zero-shot seen**: the best generative scoring (CoCa debiased α=0.5, top-1 0.812) "
+            "does not beat the best cosine (SigLIP, 0.988)") in page
     worse = {**RESULTS, "coca_tiny": {**RESULTS["coca_tiny"],
                                       "gendebiased/count/acc2_a1": 0.5}}
     page = report.markdown(worse, TIMINGS, SETUP)
