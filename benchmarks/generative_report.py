@@ -155,8 +155,9 @@ Two more ways to classify with a generative model, beside the caption likelihood
   prompt <boi>), the class by Bayes under a uniform prior; on the probes the clean number is
   the text score (each image picks the caption that makes its codes likelier).
 
-No report script puts these side by side yet; run them with
-`evals.run_served(["gendebiased", "imgzeroshot", "imgcompositional"], run.served(...), ...)`.
+`benchmarks/generative_classifiers_report.py` puts every scoring side by side, on the
+families report's runs (CLIP, SigLIP, Llip, FLAVA, CoCa, Chameleon) and the same eval sets:
+docs/generative_classifiers.md.
 """
 
 

@@ -2,6 +2,7 @@
 what was saved, and the run's scorer serves the evals."""
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -70,3 +71,43 @@ def test_the_restored_scorer_embeds_with_the_saved_params(saved_run):
 def test_a_workdir_without_a_run_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="holds no run"):
         restore.restore_run(str(tmp_path))
+
+
+def _fake_run(path):
+    path.mkdir(parents=True)
+    (path / "config.json").write_text("{}")
+    return path
+
+
+def test_a_relative_vq_path_resolves_against_the_tree_the_run_was_trained_in(tmp_path,
+                                                                              monkeypatch):
+    # Trained from tmp/report as vq=runs/tokenizers/vq_tiny (not beside the run); read now
+    # from another cwd.
+    families = tmp_path / "report" / "runs" / "families"
+    vq_run = _fake_run(tmp_path / "report" / "runs" / "tokenizers" / "vq_tiny")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    recorded = ml_collections.ConfigDict({"vq": "runs/tokenizers/vq_tiny", "trainer": "vq"})
+    restore.resolve_run_paths(recorded, str(families / "chameleon_tiny"))
+    assert recorded.vq == str(vq_run)
+    assert recorded.trainer == "vq"  # not a run reference, untouched
+
+
+def test_a_relative_vq_path_resolves_beside_a_runs_folder_copied_on_its_own(tmp_path,
+                                                                            monkeypatch):
+    copy = tmp_path / "copy"  # the families folder copied without runs/families above it
+    vq_run = _fake_run(copy / "vq_tiny")
+    monkeypatch.chdir(tmp_path)
+    recorded = ml_collections.ConfigDict({"vq": "runs/families/vq_tiny"})
+    restore.resolve_run_paths(recorded, str(copy / "chameleon_tiny"))
+    assert recorded.vq == str(vq_run)
+
+
+def test_a_vq_path_found_nowhere_or_absolute_stays_as_recorded(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "vq_tiny").mkdir(parents=True)  # a folder, but holding no run
+    for value in ("runs/vq_tiny", "/abs/vq_tiny", ""):
+        recorded = ml_collections.ConfigDict({"vq": value})
+        restore.resolve_run_paths(recorded, str(tmp_path / "runs" / "chameleon_tiny"))
+        assert recorded.vq == value

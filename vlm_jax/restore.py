@@ -74,6 +74,41 @@ def abstract_params(model, trainer: ModuleType, config: ml_collections.ConfigDic
         shardings)
 
 
+# Top-level config keys naming another run that a restored run still reads (Chameleon's frozen
+# VQ tokenizer; runs a model merely started from, `init_from`, are in its checkpoint already).
+# A family whose serving reads another run at eval time adds its key here.
+RUN_REFERENCES = ("vq",)
+
+
+def resolve_run_paths(recorded: ml_collections.ConfigDict, workdir: str) -> None:
+    """Make the relative RUN_REFERENCES of a recorded config absolute, in place.
+
+    A config records the runs it reads as given on the command line (configs/chameleon.py:tiny,
+    vq=runs/families/vq_tiny): relative to the directory it was trained in, which a later
+    reader need not share (a report run from another cwd, a runs folder copied elsewhere).
+    Each is resolved, first hit wins, against: every ancestor of `workdir` (the tree it was
+    trained in, moved whole), the folder holding `workdir` by the path's last component (a
+    runs folder copied on its own), and the current directory. Only a directory holding a run
+    (config.json) counts; a path none of them finds stays as it was, for its loader to name.
+    """
+    workdir = os.path.abspath(workdir)
+    ancestors = [os.path.dirname(workdir)]
+    while os.path.dirname(ancestors[-1]) != ancestors[-1]:
+        ancestors.append(os.path.dirname(ancestors[-1]))
+    for key in RUN_REFERENCES:
+        value = recorded.get(key, "")
+        if not isinstance(value, str) or not value or os.path.isabs(value):
+            continue
+        candidates = [os.path.join(ancestor, value) for ancestor in ancestors]
+        candidates += [os.path.join(os.path.dirname(workdir),
+                                    os.path.basename(os.path.normpath(value))),
+                       os.path.abspath(value)]
+        found = next((path for path in candidates
+                      if os.path.isfile(os.path.join(path, "config.json"))), None)
+        if found is not None:
+            recorded[key] = os.path.normpath(found)
+
+
 def restore_run(workdir: str) -> RestoredRun:
     """The run in `workdir` at its latest checkpoint (FileNotFoundError if it has none)."""
     workdir = os.path.abspath(workdir)  # orbax reads no metadata through a relative path
@@ -87,6 +122,7 @@ def restore_run(workdir: str) -> RestoredRun:
         recorded.workdir = ""
         if "evals" in recorded:
             recorded.evals.output_dir = ""
+        resolve_run_paths(recorded, workdir)
     config = configlib.with_workdir(recorded, workdir)
     trainer = trainers.get_trainer(config.trainer)
     mesh = parallel.make_mesh(config.mesh)
