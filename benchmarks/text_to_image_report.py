@@ -117,7 +117,7 @@ def evaluate(run, image_tokenizer, judge, samples: int, guidance: float, prompts
                 if scale != 0.0:
                     for k, prompt in enumerate(prompts):
                         rows.append(list(images[k, :PICTURE_SAMPLES]))
-                        labels.append(f"{prompt_set} | {kind}\n{prompt[:40]}")
+                        labels.append(f"{prompt_set} | {kind}\n{prompt[:48]}")
             results[prompt_set][kind] = scores(judge, images, prompts, colours)
     return results, rows, labels
 
@@ -224,7 +224,8 @@ def main() -> None:
                                      args.prompts)
     out_dir = os.path.dirname(os.path.abspath(args.out))
     os.makedirs(out_dir, exist_ok=True)
-    pictures.save_labelled_image_grid(os.path.join(out_dir, "text_to_image.png"), rows, labels)
+    pictures.save_labelled_image_grid(os.path.join(out_dir, "text_to_image.png"), rows, labels,
+                                       label_width=300)
     runs = table(["run", "config", "steps × batch", "training"], [
         [name, f"`{wanted[name]}`", f"{c.total_steps} × {c.batch_size}",
          reports.describe_training(outcomes[name])] for name, c in configs.items()]
