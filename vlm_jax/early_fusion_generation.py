@@ -134,6 +134,16 @@ def image_code_log_likelihood(model: LM, params, vocab: early_fusion.ImageVocabu
     tokens); codes int32 [N, T] in 0..K-1. The codes follow the prompt directly (as in a
     caption-first document) and are scored under the full softmax: the model's own joint
     probability, not one renormalised over the codes."""
+    code_logits, targets = teacher_forced_code_logits(model, params, vocab, prompt,
+                                                      prompt_lengths, codes)
+    return jnp.sum(generative.token_log_probs(code_logits, targets), axis=-1)
+
+
+def teacher_forced_code_logits(model: LM, params, vocab: early_fusion.ImageVocabulary,
+                               prompt: jax.Array, prompt_lengths: jax.Array,
+                               codes: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(logits [N, T, V] predicting each code, the codes' ids [N, T]) of prompt (BOS text <boi>
+    or BOS <boi>, int32 [N, Q], pad-padded, prompt_lengths [N]) followed by codes [N, T]."""
     n, num_codes = codes.shape
     padding = jnp.full((n, num_codes), vocab.pad_id, jnp.int32)
     sequence = jnp.concatenate([prompt.astype(jnp.int32), padding], axis=1)  # [N, Q + T]
@@ -144,8 +154,25 @@ def image_code_log_likelihood(model: LM, params, vocab: early_fusion.ImageVocabu
     logits = model.apply({"params": params}, inputs, valid=inputs != vocab.pad_id)
     # Code j is predicted at position where - 1; gathered in code order, so every row sums its
     # T terms in the same order (a text-blind model gives bitwise-equal scores).
-    code_logits = logits[rows, where - 1]  # [N, T, V]
-    return jnp.sum(generative.token_log_probs(code_logits, sequence[rows, where]), axis=-1)
+    return logits[rows, where - 1], sequence[rows, where]  # [N, T, V], [N, T]
+
+
+def caption_kl(model: LM, params, vocab: early_fusion.ImageVocabulary, prompt: jax.Array,
+               prompt_lengths: jax.Array, codes: jax.Array) -> jax.Array:
+    """KL(p(. | BOS text <boi> codes<t>) || p(. | BOS <boi> codes<t>)) of the next-code
+    distributions (both renormalised over the K codes, as the sampler draws them), teacher-forced
+    on codes [N, T], in nats a code: [N, T]. Zero everywhere when the caption is ignored; the
+    measure of whether there is anything for guidance to amplify."""
+    n = codes.shape[0]
+    unconditional = jnp.tile(jnp.array([[vocab.bos_id, vocab.boi_id]], jnp.int32), (n, 1))
+    def code_log_probs(prefix, lengths):
+        logits, _ = teacher_forced_code_logits(model, params, vocab, prefix, lengths, codes)
+        logits = logits[..., vocab.code_offset:vocab.code_offset + vocab.codebook_size]
+        return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # [N, T, K]
+
+    conditional = code_log_probs(prompt, prompt_lengths)
+    unconditional = code_log_probs(unconditional, jnp.full((n,), 2, jnp.int32))
+    return jnp.sum(jnp.exp(conditional) * (conditional - unconditional), axis=-1)
 
 
 PROMPT_BUCKET = 16  # prompt widths round up to this, so a jitted scorer compiles a few times

@@ -47,3 +47,33 @@ def save_image_grid(path: str | Path, rows: Sequence[Sequence[np.ndarray]], scal
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(image_grid(rows, scale, gap)).save(path)
     return path
+
+
+def labelled_image_grid(rows: Sequence[Sequence[np.ndarray]], labels: Sequence[str],
+                        scale: int = 4, gap: int = 2, label_width: int = 260) -> np.ndarray:
+    """uint8 [H, label_width + W, 3]: `image_grid(rows)` with each row's label written in black
+    in a white band to its left (vertically centred on the row)."""
+    from PIL import ImageDraw
+
+    if len(labels) != len(rows):
+        raise ValueError(f"labelled_image_grid: {len(labels)} labels for {len(rows)} rows; "
+                         "give one label per row")
+    grid = image_grid(rows, scale, gap)
+    canvas = Image.new("RGB", (label_width + grid.shape[1], grid.shape[0]), (255, 255, 255))
+    canvas.paste(Image.fromarray(grid), (label_width, 0))
+    draw = ImageDraw.Draw(canvas)
+    cell_h = np.asarray(rows[0][0]).shape[0] * scale
+    for r, label in enumerate(labels):
+        top = gap + r * (cell_h + gap)
+        draw.multiline_text((4, top + cell_h // 2), label, fill=(0, 0, 0), anchor="lm")
+    return np.asarray(canvas)
+
+
+def save_labelled_image_grid(path: str | Path, rows: Sequence[Sequence[np.ndarray]],
+                             labels: Sequence[str], scale: int = 4, gap: int = 2,
+                             label_width: int = 260) -> Path:
+    """Write `labelled_image_grid(rows, labels)` as a PNG at `path`; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(labelled_image_grid(rows, labels, scale, gap, label_width)).save(path)
+    return path
