@@ -101,10 +101,14 @@ def heldout_zeroshot(scoring: str, served: dict, eval_config) -> dict[str, float
     return results
 
 
-def evaluate(run: restore.RestoredRun, eval_config) -> tuple[dict[str, float], dict[str, float]]:
-    """(metrics, {scoring: wall seconds}) of every scoring the run's trainer serves."""
+def evaluate(run: restore.RestoredRun, eval_config, only: tuple[str, ...] = tuple(SCORINGS)
+             ) -> tuple[dict[str, float], dict[str, float]]:
+    """(metrics, {scoring: wall seconds}) of every scoring of `only` the run's trainer serves
+    (a scoring left out shows as "—" on the page)."""
     results, seconds = {}, {}
     for scoring in scorings_of(run.trainer.CAPABILITIES):
+        if scoring not in only:
+            continue
         names = SCORINGS[scoring][1]
         started = time.perf_counter()
         served = run.served(names)
@@ -383,7 +387,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reuse_results", action="store_true",
                         help="read --results and evaluate only the models it lacks (a run "
                              "cut short resumes; a finished one rewrites the page, no evals)")
+    parser.add_argument("--scorings", default=",".join(SCORINGS),
+                        help=f"comma-separated scorings to evaluate, of {', '.join(SCORINGS)} "
+                             "(the others show as —; e.g. Chameleon's caption likelihoods "
+                             "take over an hour on a 2-core CPU)")
     args = parser.parse_args(argv)
+    only = tuple(name.strip() for name in args.scorings.split(",") if name.strip())
+    if set(only) - set(SCORINGS):
+        raise SystemExit(f"--scorings {sorted(set(only) - set(SCORINGS))} unknown; choose from "
+                         f"{', '.join(SCORINGS)}")
     root = args.families or reports.root(args, "families")
     names = [name.strip() for name in args.models.split(",") if name.strip()]
     unknown = [name for name in names if name not in families_report.FAMILIES]
@@ -428,7 +440,7 @@ def main(argv: list[str] | None = None) -> None:
             continue
         print(f"== evaluating {name}", flush=True)
         run = restore.restore_run(os.path.join(root, name))
-        results[name], timings[name] = evaluate(run, eval_config)
+        results[name], timings[name] = evaluate(run, eval_config, only)
         capabilities[name] = sorted(run.trainer.CAPABILITIES)
         print(f"   {timings[name]}", flush=True)
         save(results_path, results, timings, capabilities, sizes)  # --reuse_results resumes here
