@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from vlm_jax import retrieval
+from vlm_jax.data.sources import WorldSource
 from vlm_jax.data.world import World
 
 VQA_EVERY = 3  # instructions: index % 3 == 1 is a VQA pair, the rest captions
@@ -120,18 +121,8 @@ class RetrievalSource:
         return f"RetrievalSource({len(self)} documents, k={self.retrieved.shape[1]})"
 
 
-class InstructionSource:
+class InstructionSource(WorldSource):
     """Stage 2's source (module doc): one-image captioning and VQA documents of the world."""
-
-    def __init__(self, world: World):
-        self.world = world
-
-    def __len__(self) -> int:
-        return len(self.world)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        example = self.world[index]
-        return {"image": example["image"], "caption": example["caption"]}
 
     def document(self, index: int, max_images: int) -> dict[str, Any]:
         del max_images  # always one image
