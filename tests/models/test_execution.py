@@ -16,6 +16,9 @@ from vlm_jax.models.vit import ViT
 TOKENS = np.array([[5, 6, 7, 3, 0, 0, 0], [8, 9, 3, 0, 0, 0, 0]], np.int32)  # length 7: odd
 IMAGES = np.random.default_rng(0).integers(0, 256, (2, 12, 12, 3), dtype=np.uint8)
 SIZES = dict(width=32, depth=3, num_heads=4, mlp_dim=64)
+# A random read-out of the pooled features: the sum of squares of a LayerNorm'd vector is
+# nearly constant (its gradient is rounding noise), so the losses below weigh each feature.
+READOUT = np.random.default_rng(1).standard_normal((2, SIZES["width"])).astype(np.float32)
 
 
 def _text(execution=None, causal=False):
@@ -38,23 +41,24 @@ def test_padding_to_a_multiple_of_8_leaves_text_outputs_unchanged(causal):
 
 def test_padding_a_cls_vit_leaves_outputs_and_gradients_unchanged():
     params = _vit().init(jax.random.PRNGKey(0), IMAGES)
-    loss = lambda p, module: jnp.sum(module.apply(p, IMAGES)[0] ** 2)
+    loss = lambda p, module: jnp.sum(module.apply(p, IMAGES)[0] * READOUT)
     value, grads = jax.value_and_grad(loss)(params, _vit())
     padded_value, padded_grads = jax.value_and_grad(loss)(params, _vit(Execution(pad_multiple=8)))
     np.testing.assert_allclose(padded_value, value, rtol=1e-5)
     for a, b in zip(jax.tree_util.tree_leaves(padded_grads), jax.tree_util.tree_leaves(grads)):
-        assert np.all(np.isfinite(a))
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+        assert np.all(np.isfinite(a))  # measured: at most 1.5e-6 apart, gradients of size ~1
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=5e-6)
 
 
 @pytest.mark.parametrize("remat", ["full", "dots"])
 def test_remat_gives_the_same_gradients(remat):
     params = _vit().init(jax.random.PRNGKey(0), IMAGES)
-    loss = lambda p, module: jnp.sum(module.apply(p, IMAGES)[0] ** 2)
+    loss = lambda p, module: jnp.sum(module.apply(p, IMAGES)[0] * READOUT)
     grads = jax.grad(loss)(params, _vit())
     remat_grads = jax.grad(loss)(params, _vit(Execution(remat=remat)))
+    # Measured: at most 2e-6 apart (the recomputed blocks fuse differently), gradients ~1.
     for a, b in zip(jax.tree_util.tree_leaves(remat_grads), jax.tree_util.tree_leaves(grads)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=5e-6)
 
 
 def test_scanned_layers_equal_unrolled_layers_with_stacked_parameters():

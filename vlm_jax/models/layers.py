@@ -250,7 +250,11 @@ class Mlp(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        width = x.shape[-1]
+        # Tokens as rows of one matrix: XLA's CPU backend runs the weight gradient of a 2-D
+        # dot as one library matmul, where [B, L, D] contracts two axes and copies first.
+        shape = x.shape
+        width = shape[-1]
+        x = x.reshape(-1, width)
         x = nn.Dense(
             self.mlp_dim,
             dtype=self.dtype,
@@ -263,7 +267,7 @@ class Mlp(nn.Module):
             dtype=self.dtype,
             kernel_init=dense_init(("mlp", "embed")),
             bias_init=zeros_init(("embed",)),
-        )(x)
+        )(x).reshape(shape)
 
 
 class SwiGLU(nn.Module):
@@ -504,6 +508,25 @@ class Block(nn.Module):
                                          kv_lengths=kv_lengths)
         return self._mlp_half(self._residual(x, attend, self._attention_norm))
 
+    def at_rows(self, x: jax.Array, rows: jax.Array, mask=None, kv_lengths=None) -> jax.Array:
+        """The outputs of a self-attention block at rows int [B, R] of x [B, L, D] only:
+        [B, R, D], equal to `self(x, mask, kv_lengths)` at those rows. Keys and values still
+        come from every row; the queries, the output projection and the MLP see R rows, not L
+        (a tower pooled at one token needs no more of its last block)."""
+        if self.cross_attention:
+            raise ValueError("at_rows is for self-attention blocks")
+        picked = jnp.take_along_axis(x, rows[..., None], axis=1)  # [B, R, D]
+        # The attention branch's input is the normed stream ("pre") or the stream itself.
+        context = self.norm1(x) if self.norm_position == "pre" else x
+        keys_values = self.attn.keys_values(context, jnp.arange(x.shape[1])[None])
+        if self.is_causal:  # row r sees keys 0..r
+            causal = jnp.arange(x.shape[1]) <= rows[:, None, :, None]  # [B, 1, R, L]
+            mask = causal if mask is None else causal & mask
+        elif mask is not None and mask.shape[2] != 1:  # a per-query mask: keep our rows' rows
+            mask = jnp.take_along_axis(mask, rows[:, None, :, None], axis=2)
+        attend = lambda h: self.attn._attend(h, keys_values, rows, mask, False, kv_lengths)
+        return self._mlp_half(self._residual(constrain(picked), attend, self.norm1))
+
     def decode(self, x: jax.Array, cache: KVCache, position: jax.Array, mask=None):
         """A causal self-attention block on tokens x [B, T, D] at position..position+T-1
         (earlier ones in `cache`): (outputs [B, T, D], updated cache)."""
@@ -547,7 +570,14 @@ class Encoder(nn.Module):
     feature_layer: int | None = None
 
     @nn.compact
-    def __call__(self, x, mask=None, is_causal: bool = False):
+    def __call__(self, x, mask=None, is_causal: bool = False, pool_rows=None):
+        """x [B, L, D] -> [B, L, D] (with `feature_layer`: that and the hidden state).
+
+        `pool_rows` int [B, R]: the rows a pooled tower reads (CLS, EOS). The result is then
+        (the output above, the final states of those rows [B, R, D]), the latter from a last
+        block run on those rows alone (`Block.at_rows`): a caller that uses only them lets XLA
+        drop the rest of the last block (a fifth of a 4-block CLIP tower's work).
+        """
         run = self.execution
         length = x.shape[1]
         capture = None
@@ -571,16 +601,22 @@ class Encoder(nn.Module):
             x, _ = scanned(name="blocks")(x, mask, kv_lengths)
         else:
             for i in range(self.depth):
-                x = block(**settings, name=f"block{i}")(x, mask, kv_lengths)
+                block_i = block(**settings, name=f"block{i}")
+                if pool_rows is not None and i == self.depth - 1:
+                    pooled = block_i.at_rows(x, pool_rows, mask, kv_lengths)
+                x = block_i(x, mask, kv_lengths)
                 if capture == i + 1:
                     hidden = x
         if self.final_norm:
             norm = make_norm(dict(self.block).get("norm", "layernorm"), self.dtype, self.ln_eps,
                              name="norm")
             x = norm(x)
-        if capture is None:
-            return x[:, :length]
-        return x[:, :length], hidden[:, :length]
+        out = x[:, :length] if capture is None else (x[:, :length], hidden[:, :length])
+        if pool_rows is None:
+            return out
+        if run.scan_layers:  # the last block is inside the scan: read the rows from its output
+            return out, jnp.take_along_axis(x, pool_rows[..., None], axis=1)
+        return out, norm(pooled) if self.final_norm else pooled
 
 
 def _scan_body(block, settings: dict):

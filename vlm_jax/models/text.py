@@ -55,14 +55,19 @@ class TextTransformer(nn.Module):
         # Causal: valid tokens never see the right-padding, so no key mask is needed (and the
         # fused causal kernel stays available). Bidirectional: mask padded keys.
         mask = None if self.causal else text_mask[:, None, None, :]
+        # A tower pooled at one token reads one row: the encoder computes its last block for
+        # that row apart (the full output stays for callers that use the tokens).
+        rows = None
+        if self.pool in ("eos", "last"):
+            rows = jnp.maximum(text_mask.sum(axis=1) - 1, 0)[:, None]
+        elif self.pool == "first":
+            rows = jnp.zeros((x.shape[0], 1), jnp.int32)
         x = layers.Encoder(self.depth, self.num_heads, self.mlp_dim, self.dtype, self.ln_eps,
                            self.activation, self.execution, name="encoder")(
-            x, mask=mask, is_causal=self.causal)
-        if self.pool in ("eos", "last"):
-            last = jnp.maximum(text_mask.sum(axis=1) - 1, 0)
-            pooled = jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0]
-        elif self.pool == "first":
-            pooled = x[:, 0]
+            x, mask=mask, is_causal=self.causal, pool_rows=rows)
+        if rows is not None:
+            x, pooled = x
+            pooled = pooled[:, 0]
         else:
             weights = text_mask[..., None].astype(x.dtype)
             pooled = (x * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)

@@ -84,14 +84,18 @@ class ViT(nn.Module):
             x = jnp.concatenate([extra, x], axis=1)
         if self.pre_norm:
             x = layers.LayerNorm(self.dtype, self.ln_eps, name="pre_norm")(x)
+        # CLS pooling reads one row: the encoder computes its last block for that row apart.
+        cls_row = jnp.full((x.shape[0], 1), num_extra) if self.pool == "cls" else None
         encoded = layers.Encoder(self.depth, self.num_heads, self.mlp_dim, self.dtype,
                                  self.ln_eps, self.activation, self.execution,
                                  final_norm=self.final_norm, feature_layer=self.feature_layer,
-                                 name="encoder")(x)
+                                 name="encoder")(x, pool_rows=cls_row)
+        if cls_row is not None:
+            encoded, cls_out = encoded
         x, features = encoded if self.feature_layer is not None else (encoded, None)
         extra_out, x = x[:, :num_extra], x[:, num_extra:]
         if self.pool == "cls":
-            pooled, x = x[:, 0], x[:, 1:]
+            pooled, x = cls_out[:, 0], x[:, 1:]
         elif self.pool == "gap":
             pooled = x.mean(axis=1)
         else:
