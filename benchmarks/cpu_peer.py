@@ -109,7 +109,8 @@ def op_category(op_name: str, opcode_text: str) -> str:
     """One compiled XLA op -> where its time goes, from its jax name stack and what it fuses."""
     is_matmul = "ynn_fusion" in opcode_text or re.search(r"\b(dot|convolution)\(", opcode_text)
     if "TwoTower" in op_name or "tower" in op_name:
-        if "/attn/vmap" in op_name or "dot_product_attention" in op_name:
+        # jax.nn.dot_product_attention's XLA path: its einsums and softmax run under vmap.
+        if re.search(r"attn\._attend/vmap|/attn/vmap|dot_product_attention", op_name):
             return "attention (QK^T, softmax, PV)"
         if is_matmul:
             return "matmuls (projections, MLP, patch embed)"
@@ -210,7 +211,7 @@ def main() -> None:
                 continue
             print(f"\n#### Where our {row} step goes (jax.profiler, per-op time)\n")
             table = profile_ours(ours, args.profile_steps)
-            print(markdown_table(["category", "ms / step", "% of op time"],
+            print(markdown_table(["category", "thread-ms / step (both threads)", "% of op time"],
                                  [list(r) for r in table]))
             print(f"\n#### open_clip {name} (torch.profiler, {args.profile_steps} steps)\n")
             print("```\n" + peer.ask(f"profile {args.profile_steps}")["table"] + "\n```")
