@@ -19,6 +19,7 @@ BLOCK_MASK = np.broadcast_to(np.tril(np.ones((L, L), bool)) | (np.arange(L) < 3)
 CASES = {
     "causal": dict(is_causal=True),
     "per-query mask": dict(mask=BLOCK_MASK),
+    "causal and per-query mask": dict(is_causal=True, mask=BLOCK_MASK),
     "padded to 8, key mask": dict(mask=KEY_MASK, execution=Execution(pad_multiple=8)),
     "post-norm, remat": dict(block=(("norm_position", "post"),),
                              execution=Execution(remat="full")),

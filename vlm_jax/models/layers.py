@@ -519,11 +519,11 @@ class Block(nn.Module):
         # The attention branch's input is the normed stream ("pre") or the stream itself.
         context = self.norm1(x) if self.norm_position == "pre" else x
         keys_values = self.attn.keys_values(context, jnp.arange(x.shape[1])[None])
+        if mask is not None and mask.shape[2] != 1:  # a per-query mask: keep our rows' rows
+            mask = jnp.take_along_axis(mask, rows[:, None, :, None], axis=2)
         if self.is_causal:  # row r sees keys 0..r
             causal = jnp.arange(x.shape[1]) <= rows[:, None, :, None]  # [B, 1, R, L]
             mask = causal if mask is None else causal & mask
-        elif mask is not None and mask.shape[2] != 1:  # a per-query mask: keep our rows' rows
-            mask = jnp.take_along_axis(mask, rows[:, None, :, None], axis=2)
         attend = lambda h: self.attn._attend(h, keys_values, rows, mask, False, kv_lengths)
         return self._mlp_half(self._residual(constrain(picked), attend, self.norm1))
 
