@@ -29,8 +29,10 @@ def test_eos_pool_reads_the_last_real_token_and_mean_pool_averages_real_tokens()
     tower = _tower(causal=True, pool="eos")
     params = tower.init(jax.random.PRNGKey(0), TOKENS)
     pooled, extras = tower.apply(params, TOKENS)
-    np.testing.assert_allclose(pooled[0], extras["tokens"][0, 3], rtol=1e-6)
-    np.testing.assert_allclose(pooled[1], extras["tokens"][1, 2], rtol=1e-6)
+    # The pooled row comes from a last block run on that row alone (Block.at_rows): equal up to
+    # float32 rounding (measured 1.4e-7), while a neighbouring row differs by O(1).
+    np.testing.assert_allclose(pooled[0], extras["tokens"][0, 3], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(pooled[1], extras["tokens"][1, 2], rtol=1e-5, atol=1e-6)
     mean, extras = _tower(causal=True, pool="mean").apply(params, TOKENS)
     np.testing.assert_allclose(mean[1], extras["tokens"][1, :3].mean(0), rtol=1e-5)
 
