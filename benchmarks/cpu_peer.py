@@ -37,9 +37,12 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 from train_throughput import synthetic_batch  # noqa: E402
 
-from vlm_jax import configlib, loop, parallel, trainers  # noqa: E402
+from vlm_jax import configlib, host_memory, loop, parallel, trainers  # noqa: E402
 
 WORKER = os.path.join(ROOT, "benchmarks", "openclip_peer_worker.py")
+# host_memory.keep_freed_memory()'s settings, for the peer process as environment variables.
+KEEP_FREED_MEMORY_ENV = dict(MALLOC_ARENA_MAX="1", MALLOC_MMAP_MAX_="0",
+                             MALLOC_TRIM_THRESHOLD_=str(2**31 - 1))
 # Our tiny configs' loss -> open_clip's (configs/clip.py: softmax; configs/siglip.py: sigmoid).
 PEER_LOSS = {"clip": "clip", "siglip": "siglip"}
 
@@ -47,7 +50,7 @@ PEER_LOSS = {"clip": "clip", "siglip": "siglip"}
 class Peer:
     """The open_clip worker process: `time(steps)` -> seconds, `profile(steps)` -> table."""
 
-    def __init__(self, python: str, name: str, config):
+    def __init__(self, python: str, name: str, config, keep_freed_memory: bool):
         image, text = config.model.image, config.model.text
         args = [
             "--loss", PEER_LOSS[name], "--batch", str(config.batch_size),
@@ -59,8 +62,9 @@ class Peer:
         ]
         if (text.width, text.depth, text.num_heads) != (image.width, image.depth, image.num_heads):
             raise ValueError("the peer worker builds equal towers; this config's differ")
+        env = dict(os.environ, **(KEEP_FREED_MEMORY_ENV if keep_freed_memory else {}))
         self.process = subprocess.Popen([python, WORKER, *args], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, text=True)
+                                        stdout=subprocess.PIPE, text=True, env=env)
         self.info = self._answer()
 
     def _answer(self) -> dict:
@@ -162,8 +166,12 @@ def main() -> None:
     parser.add_argument("--peer-python", default=os.path.join(ROOT, ".peer-venv/bin/python"))
     parser.add_argument("--bf16-row", action="store_true",
                         help="also time ours with compute_dtype=bfloat16 (no peer row)")
+    parser.add_argument("--malloc", choices=["keep", "default"], default="keep",
+                        help="keep: both sides keep freed host memory (vlm_jax/host_memory.py, "
+                        "as vlm_jax.main does); default: glibc's defaults on both sides")
     parser.add_argument("--profile-steps", type=int, default=2, help="0: no profiles")
     args = parser.parse_args()
+    keep = args.malloc == "keep" and host_memory.keep_freed_memory()  # before jax computes
     if not os.path.exists(args.peer_python):
         sys.exit(f"--peer-python {args.peer_python} does not exist; build the peer venv as "
                  "docs/performance.md says, or point the flag at one")
@@ -171,7 +179,8 @@ def main() -> None:
     sides = {}  # row name -> (ours, peer or None, model name)
     for name in args.models.split(","):
         config = configlib.load_config(f"{ROOT}/configs/{name}.py:tiny,batch={args.batch}")
-        sides[f"{name} float32"] = (Ours(config), Peer(args.peer_python, name, config), name)
+        peer = Peer(args.peer_python, name, config, keep)
+        sides[f"{name} float32"] = (Ours(config), peer, name)
         if args.bf16_row:
             configlib.override(config, "compute_dtype", "bfloat16")
             sides[f"{name} bfloat16"] = (Ours(config), None, name)
@@ -201,7 +210,8 @@ def main() -> None:
           f"{os.getloadavg()[0]:.1f} at the end; Python {platform.python_version()}, "
           f"jax {jax.__version__}; peer: torch {peer_info['torch']} "
           f"({peer_info['threads']} threads), open_clip {peer_info['open_clip']}; "
-          f"batch {args.batch}, {args.rounds} rounds x {args.steps} steps per side\n")
+          f"batch {args.batch}, {args.rounds} rounds x {args.steps} steps per side; host "
+          f"malloc: {'both keep freed memory' if keep else 'glibc defaults'}\n")
     print(markdown_table(["step", "ours samples/s", "open_clip samples/s",
                           "ours / open_clip (median of rounds)", "range over rounds"], rows))
 

@@ -72,6 +72,9 @@ def _main(overrides: list[str]) -> None:
     except configlib.ConfigError as error:
         sys.exit(f"error: {error}")
     # Imported after the config is known to be good, so config errors come back instantly.
+    from vlm_jax import host_memory
+
+    host_memory.keep_freed_memory()  # before XLA's CPU threads start: see host_memory.py
     import jax
 
     from vlm_jax import checkpoint, loop, parallel, trainers, validate
