@@ -40,9 +40,6 @@ from train_throughput import synthetic_batch  # noqa: E402
 from vlm_jax import configlib, host_memory, loop, parallel, trainers  # noqa: E402
 
 WORKER = os.path.join(ROOT, "benchmarks", "openclip_peer_worker.py")
-# host_memory.keep_freed_memory()'s settings, for the peer process as environment variables.
-KEEP_FREED_MEMORY_ENV = dict(MALLOC_ARENA_MAX="1", MALLOC_MMAP_MAX_="0",
-                             MALLOC_TRIM_THRESHOLD_=str(2**31 - 1))
 # Our tiny configs' loss -> open_clip's (configs/clip.py: softmax; configs/siglip.py: sigmoid).
 PEER_LOSS = {"clip": "clip", "siglip": "siglip"}
 
@@ -62,7 +59,7 @@ class Peer:
         ]
         if (text.width, text.depth, text.num_heads) != (image.width, image.depth, image.num_heads):
             raise ValueError("the peer worker builds equal towers; this config's differ")
-        env = dict(os.environ, **(KEEP_FREED_MEMORY_ENV if keep_freed_memory else {}))
+        env = dict(os.environ, **(host_memory.environment() if keep_freed_memory else {}))
         self.process = subprocess.Popen([python, WORKER, *args], stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, text=True, env=env)
         self.info = self._answer()

@@ -17,8 +17,15 @@ from __future__ import annotations
 import ctypes
 import sys
 
-# glibc's <malloc.h> mallopt parameters.
-_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+# (glibc <malloc.h> mallopt parameter, value, the same setting as an environment variable).
+_SETTINGS = ((-8, 1, "MALLOC_ARENA_MAX"),  # M_ARENA_MAX: every thread on the main heap
+             (-4, 0, "MALLOC_MMAP_MAX_"),  # M_MMAP_MAX: no block is mmap'd
+             (-1, 2**31 - 1, "MALLOC_TRIM_THRESHOLD_"))  # M_TRIM_THRESHOLD: never trim
+
+
+def environment() -> dict[str, str]:
+    """The same settings for a process started from here (glibc reads them at its start)."""
+    return {name: str(value) for _, value, name in _SETTINGS}
 
 
 def keep_freed_memory() -> bool:
@@ -29,5 +36,4 @@ def keep_freed_memory() -> bool:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):  # musl and other libcs have no mallopt
         return False
-    settings = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
-    return all(mallopt(param, value) == 1 for param, value in settings)
+    return all(mallopt(param, value) == 1 for param, value, _ in _SETTINGS)
