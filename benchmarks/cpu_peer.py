@@ -125,8 +125,9 @@ def op_category(op_name: str, opcode_text: str) -> str:
     return "optimizer (AdamW, clip, schedule)"
 
 
-def profile_ours(ours: Ours, steps: int) -> list[tuple[str, float, float]]:
-    """[(category, ms per step, % of op time)] from a jax.profiler trace of `steps` steps."""
+def profile_ours(ours: Ours, steps: int, category=op_category) -> list[tuple[str, float, float]]:
+    """[(category, ms per step, % of op time)] from a jax.profiler trace of `steps` steps;
+    `category(op_name, opcode_text)` names where one compiled op's time goes."""
     instructions = {}
     for line in ours.hlo_text().splitlines():
         match = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = (.*)", line)
@@ -143,7 +144,7 @@ def profile_ours(ours: Ours, steps: int) -> list[tuple[str, float, float]]:
     totals = collections.Counter()
     for event in events:
         if event.get("ph") == "X" and event["name"] in instructions:
-            totals[op_category(*instructions[event["name"]])] += event["dur"] / 1e3 / steps
+            totals[category(*instructions[event["name"]])] += event["dur"] / 1e3 / steps
     whole = sum(totals.values())
     return [(name, ms, 100 * ms / whole) for name, ms in totals.most_common()]
 

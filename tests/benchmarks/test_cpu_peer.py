@@ -29,3 +29,23 @@ def test_op_categories_follow_the_name_stack_and_the_fused_op():
 def test_markdown_table_rows_line_up_with_the_header():
     table = cpu_peer.markdown_table(["a", "b"], [["x", 1.23456], ["y", 2.0]])
     assert table.splitlines() == ["| a | b |", "| --- | --- |", "| x | 1.23 |", "| y | 2 |"]
+
+
+def test_step_breakdown_splits_parts_and_kinds_of_ops():
+    cores = os.sched_getaffinity(0)
+    import cpu_step_breakdown as breakdown
+
+    assert os.sched_getaffinity(0) == cores  # importing it pins nothing: its main() does
+    part = breakdown.part_and_kind
+    for projection in ("query", "out"):
+        assert part(f"{STACK}/attn/attn._attend/{projection}/dot_general", "ynn_fusion.3 = f32[]"
+                    ) == "attention projections: library op (YNNPACK fusion, Eigen dot)"
+    assert part(f"{STACK}/attn/attn._attend/vmap(BNTS,BSNH->BTNH)/transpose",
+                "copy_bitcast_fusion.8 = f32[128,6144]") == "attention core: layout copy"
+    assert part(f"{STACK}/mlp/Dense_1/transpose", "dot.163 = f32[512,128]") == (
+        "MLP: library op (YNNPACK fusion, Eigen dot)")
+    assert part(f"{STACK}/mlp/tanh", "multiply_tanh_fusion.1 = f32[]") == (
+        "MLP: loop (elementwise, reductions)")
+    assert part(f"{STACK}/norm2/LayerNorm_0/add_any", "copy_bitcast_fusion.21 = f32[]") == (
+        "layer norms: layout copy")
+    assert part("jit(train_step)/jit(tree_bias_correction)/div", "d = f32[]").startswith("loss")
