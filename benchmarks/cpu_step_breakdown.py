@@ -70,7 +70,6 @@ def dense_matmul_rows(tokens: int, width: int, hidden: int) -> list[list]:
     x = jax.numpy.asarray(rng.standard_normal((tokens, width)), jax.numpy.float32)
     w = jax.numpy.asarray(rng.standard_normal((width, hidden)), jax.numpy.float32)
     g = jax.numpy.asarray(rng.standard_normal((tokens, hidden)), jax.numpy.float32)
-    contract = lambda a, b, dims: jax.lax.dot_general(a, b, (dims, ((), ())))  # noqa: E731
     cases = [
         (f"forward X W  [{tokens},{width}] x [{width},{hidden}]", x, w, ((1,), (0,))),
         (f"input grad G W^T  [{tokens},{hidden}] x [{width},{hidden}]^T", g, w, ((1,), (1,))),
@@ -78,7 +77,8 @@ def dense_matmul_rows(tokens: int, width: int, hidden: int) -> list[list]:
     ]
     rows = []
     for name, a, b, dims in cases:
-        compiled = jax.jit(lambda a, b, dims=dims: contract(a, b, dims)).lower(a, b).compile()
+        dot = lambda a, b, dims=dims: jax.lax.dot_general(a, b, (dims, ((), ())))  # noqa: E731
+        compiled = jax.jit(dot).lower(a, b).compile()
         library = "YNNPACK" if "ynn_fusion" in compiled.as_text() else "Eigen"
         rows.append([name, 2 * tokens * width * hidden / seconds_per_call(compiled, a, b) / 1e9,
                      library])
