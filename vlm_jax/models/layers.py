@@ -11,11 +11,14 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import itertools
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from vlm_jax.models import dense_matmul
 
 Dtype = Any
 KVCache = dict[str, jax.Array]  # {"key": [B, S, Hkv, Dh], "value": [B, S, Hkv, Dh]}
@@ -260,6 +263,7 @@ class Mlp(nn.Module):
             dtype=self.dtype,
             kernel_init=dense_init(("embed", "mlp")),
             bias_init=zeros_init(("mlp",)),
+            dot_general=dense_matmul.dot_general,
         )(x)
         x = _activation(self.activation)(x)
         return nn.Dense(
@@ -267,6 +271,7 @@ class Mlp(nn.Module):
             dtype=self.dtype,
             kernel_init=dense_init(("mlp", "embed")),
             bias_init=zeros_init(("embed",)),
+            dot_general=dense_matmul.dot_general,
         )(x).reshape(shape)
 
 
@@ -282,7 +287,8 @@ class SwiGLU(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         def dense(features, names, name):
             return nn.Dense(features, use_bias=False, dtype=self.dtype,
-                            kernel_init=dense_init(names), name=name)
+                            kernel_init=dense_init(names), name=name,
+                            dot_general=dense_matmul.dot_general)
 
         hidden = _activation(self.activation)(dense(self.mlp_dim, ("embed", "mlp"), "gate")(x))
         hidden = hidden * dense(self.mlp_dim, ("embed", "mlp"), "up")(x)
@@ -300,6 +306,46 @@ def kv_cache(batch_size: int, max_len: int, num_heads: int, head_dim: int, dtype
     """An empty (zero) self-attention cache for `max_len` positions."""
     shape = (batch_size, max_len, num_heads, head_dim)
     return {"key": jnp.zeros(shape, dtype), "value": jnp.zeros(shape, dtype)}
+
+
+class HeadsProjection(nn.Module):
+    """nn.DenseGeneral's (heads, head_dim) projection, same parameters and init (kernel
+    [D, heads, head_dim], bias [heads, head_dim]), but one that hands out its weights, so that
+    `project` can run several projections of one input as a single wider matmul."""
+
+    heads: int
+    head_dim: int
+    use_bias: bool = True
+
+    @nn.compact
+    def weights(self, width: int) -> tuple[jax.Array, jax.Array | None]:
+        """(kernel [D, heads * head_dim], bias [heads * head_dim] or None), float32."""
+
+        def kernel_init(rng, shape, dtype):  # DenseGeneral draws the flat [D, H * Dh] matrix
+            flat = dense_init(("embed", "heads", "head_dim"))(
+                rng, (shape[0], shape[1] * shape[2]), dtype)
+            return flat.replace_boxed(flat.unbox().reshape(shape))
+
+        kernel = self.param("kernel", kernel_init, (width, self.heads, self.head_dim),
+                            jnp.float32)
+        bias = (self.param("bias", zeros_init(("heads", "head_dim")),
+                           (self.heads, self.head_dim), jnp.float32) if self.use_bias else None)
+        return kernel.reshape(width, -1), None if bias is None else bias.reshape(-1)
+
+
+def project(x: jax.Array, projections: list[HeadsProjection], dtype) -> list[jax.Array]:
+    """x [..., D] through each projection -> [..., heads, head_dim] each, as ONE matmul of x
+    with the kernels side by side: on the CPU the three 128-column matmuls of a tiny tower's
+    queries, keys and values (and their gradients) take ~13 % longer than one of 384 columns.
+    Each output column is the same dot product as in its own matmul."""
+    kernels, biases = zip(*(p.weights(x.shape[-1]) for p in projections))
+    kernel = jnp.concatenate(kernels, axis=1).astype(dtype)
+    y = dense_matmul.matmul(x.astype(dtype), kernel)
+    if biases[0] is not None:
+        y = y + jnp.concatenate(biases).astype(dtype)
+    ends = list(itertools.accumulate(k.shape[1] for k in kernels))
+    return [y[..., end - k.shape[1]:end].reshape(*x.shape[:-1], p.heads, p.head_dim)
+            for end, k, p in zip(ends, kernels, projections)]
 
 
 class Attention(nn.Module):
@@ -345,14 +391,11 @@ class Attention(nn.Module):
             raise ValueError(f"num_heads {self.num_heads} is not a multiple of num_kv_heads "
                              f"{self.kv_heads}")
 
-        def project(heads):
-            return nn.DenseGeneral(
-                (heads, self.dims_per_head), dtype=self.dtype, use_bias=self.use_bias,
-                kernel_init=dense_init(("embed", "heads", "head_dim")),
-                bias_init=zeros_init(("heads", "head_dim")))
+        def projection(heads):
+            return HeadsProjection(heads, self.dims_per_head, self.use_bias)
 
-        self.query = project(self.num_heads)
-        self.key, self.value = project(self.kv_heads), project(self.kv_heads)
+        self.query = projection(self.num_heads)
+        self.key, self.value = projection(self.kv_heads), projection(self.kv_heads)
         self.out = nn.DenseGeneral(
             self.width, axis=(-2, -1), dtype=self.dtype, use_bias=self.use_bias,
             kernel_init=dense_init(("heads", "head_dim", "embed")),
@@ -377,11 +420,13 @@ class Attention(nn.Module):
     def keys_values(self, context: jax.Array, positions=None) -> KVCache:
         """Projected keys and values of context [B, S, D] -> 2 x [B, S, Hkv, Dh]; `positions`
         [B|1, S] rotate the keys (self-attention with RoPE only)."""
-        key = self._positioned(self.key(context), "key", positions)
-        return {"key": key, "value": self.value(context)}
+        key, value = project(context, [self.key, self.value], self.dtype)
+        return {"key": self._positioned(key, "key", positions), "value": value}
 
-    def _attend(self, x, keys_values: KVCache, positions, mask, is_causal, kv_lengths):
-        query = self._positioned(self.query(x), "query", positions)
+    def queries(self, x: jax.Array, positions=None) -> jax.Array:
+        return self._positioned(project(x, [self.query], self.dtype)[0], "query", positions)
+
+    def _attend(self, query, keys_values: KVCache, mask, is_causal, kv_lengths):
         key, value = (keys_values[name].astype(query.dtype) for name in ("key", "value"))
         out = jax.nn.dot_product_attention(
             query, key, value, mask=mask, is_causal=is_causal, key_value_seq_lengths=kv_lengths,
@@ -391,14 +436,16 @@ class Attention(nn.Module):
     def __call__(self, x: jax.Array, context: jax.Array | None = None, mask=None,
                  is_causal: bool = False, kv_lengths=None, context_kv: KVCache | None = None):
         """x [B, L, D] -> [B, L, D]. Self-attention positions are 0..L-1 (for RoPE)."""
-        positions = None
-        if context_kv is None:
-            if context is None:  # self-attention
-                positions = jnp.arange(x.shape[1])[None]
-                context_kv = self.keys_values(x, positions)
-            else:
+        if context_kv is None and context is None:  # self-attention: one matmul for q, k, v
+            positions = jnp.arange(x.shape[1])[None]
+            query, key, value = project(x, [self.query, self.key, self.value], self.dtype)
+            query = self._positioned(query, "query", positions)
+            context_kv = {"key": self._positioned(key, "key", positions), "value": value}
+        else:
+            query = self.queries(x)
+            if context_kv is None:
                 context_kv = self.keys_values(context)
-        return self._attend(x, context_kv, positions, mask, is_causal, kv_lengths)
+        return self._attend(query, context_kv, mask, is_causal, kv_lengths)
 
     def decode(self, x: jax.Array, cache: KVCache, position: jax.Array, mask=None):
         """Self-attention of tokens x [B, T, D] at positions position..position+T-1 against the
@@ -414,7 +461,7 @@ class Attention(nn.Module):
         allowed = step_mask(position, x.shape[1], cache["key"].shape[1])
         if mask is not None:
             allowed = allowed & mask
-        return self._attend(x, cache, positions, allowed, False, None), cache
+        return self._attend(self.queries(x, positions), cache, allowed, False, None), cache
 
     def init_cache(self, batch_size: int, max_len: int) -> KVCache:
         return kv_cache(batch_size, max_len, self.kv_heads, self.dims_per_head, self.dtype)
@@ -524,7 +571,8 @@ class Block(nn.Module):
         if self.is_causal:  # row r sees keys 0..r
             causal = jnp.arange(x.shape[1]) <= rows[:, None, :, None]  # [B, 1, R, L]
             mask = causal if mask is None else causal & mask
-        attend = lambda h: self.attn._attend(h, keys_values, rows, mask, False, kv_lengths)
+        attend = lambda h: self.attn._attend(self.attn.queries(h, rows), keys_values, mask, False,
+                                             kv_lengths)
         return self._mlp_half(self._residual(constrain(picked), attend, self.norm1))
 
     def decode(self, x: jax.Array, cache: KVCache, position: jax.Array, mask=None):

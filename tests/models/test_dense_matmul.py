@@ -1,0 +1,62 @@
+"""dense_matmul's backward against NumPy (both forms of the kernel gradient), its use in nn.Dense,
+and HeadsProjection (the fused q/k/v matmul's parameters) against flax's nn.DenseGeneral."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vlm_jax.models import dense_matmul, layers
+
+RNG = np.random.default_rng(0)
+
+
+@pytest.mark.parametrize("width,features", [(7, 3), (3, 7), (5, 5)],
+                         ids=["wide input: (G^T X)^T", "wide output: X^T G", "square"])
+def test_matmul_gradients_equal_numpy(width, features):
+    x = RNG.normal(size=(2, 5, width)).astype(np.float32)
+    kernel = RNG.normal(size=(width, features)).astype(np.float32)
+    cotangent = RNG.normal(size=(2, 5, features)).astype(np.float32)
+    y, vjp = jax.vjp(dense_matmul.matmul, x, kernel)
+    grad_x, grad_kernel = vjp(cotangent)
+    x64, k64, g64 = (a.astype(np.float64) for a in (x, kernel, cotangent))
+    np.testing.assert_allclose(y, x64 @ k64, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(grad_x, g64 @ k64.T, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(grad_kernel, np.einsum("bld,blf->df", x64, g64),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("precision", [None, jax.lax.Precision.HIGHEST])
+def test_dense_with_our_dot_general_equals_numpy(precision):
+    """Both branches: the dense contraction through `matmul` and the fallback (a precision)."""
+    dense = nn.Dense(6, dot_general=dense_matmul.dot_general, precision=precision)
+    x = RNG.normal(size=(3, 4, 9)).astype(np.float32)
+    params = dense.init(jax.random.key(0), x)
+    params["params"]["bias"] = jnp.asarray(RNG.normal(size=6), jnp.float32)
+    grads = jax.grad(lambda p: jnp.sum(dense.apply(p, x) ** 2))(params)["params"]
+    kernel, bias = (np.asarray(params["params"][n], np.float64) for n in ("kernel", "bias"))
+    y = x.astype(np.float64) @ kernel + bias
+    np.testing.assert_allclose(dense.apply(params, x), y, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(grads["kernel"], np.einsum("bld,blf->df", x, 2 * y),
+                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(grads["bias"], (2 * y).sum((0, 1)), rtol=1e-4, atol=1e-4)
+
+
+def test_heads_projection_draws_dense_generals_parameters():
+    """Same names, shapes and values from the same key as the nn.DenseGeneral it replaced, so
+    seeds and checkpoints keep their meaning."""
+    x = jnp.ones((2, 3, 16))
+    ours = layers.HeadsProjection(4, 8)
+    theirs = nn.DenseGeneral((4, 8), kernel_init=nn.initializers.xavier_uniform())
+    key = jax.random.key(1)
+    ours_params = nn.unbox(ours.init(key, 16, method="weights"))["params"]
+    theirs_params = theirs.init(key, x)["params"]
+    assert jax.tree.map(np.shape, ours_params) == jax.tree.map(np.shape, theirs_params)
+    for name in ("kernel", "bias"):
+        np.testing.assert_array_equal(ours_params[name], theirs_params[name])
+    bound = ours.bind({"params": ours_params})
+    queries, keys = layers.project(x, [bound, bound], jnp.float32)
+    expected = theirs.apply({"params": theirs_params}, x)
+    np.testing.assert_allclose(queries, expected, rtol=1e-6)
+    np.testing.assert_allclose(keys, expected, rtol=1e-6)

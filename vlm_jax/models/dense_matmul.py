@@ -1,0 +1,57 @@
+"""A dense layer's matmul x @ kernel with a backward pass that XLA's CPU compiler runs fast.
+
+Same values as autodiff of `jax.lax.dot_general` (each gradient entry is the same sum); only
+the form of the kernel gradient differs. XLA CPU hands a kernel gradient X^T G to Eigen
+(YNNPACK takes no column-major left operand), and Eigen runs it ~30 % faster with the wider of
+the two operands on the right: on one Xeon core, [6144, 512]^T x [6144, 128] takes 10.6 ms and
+the same product computed as ([6144, 128]^T x [6144, 512])^T 7.9 ms. Written here with the
+activations flattened to rows, the gradient of a [B, L, D] input also needs no transpose copy,
+which autodiff's form of it got. Elsewhere the plain form is kept: the barrier that holds the
+operand order would only stand in the way of the GPU and TPU compilers.
+"""
+
+from __future__ import annotations
+
+import jax
+
+
+def _rows(a: jax.Array) -> jax.Array:
+    return a.reshape(-1, a.shape[-1])
+
+
+def _contract(a: jax.Array, b: jax.Array, a_axis: int, b_axis: int) -> jax.Array:
+    return jax.lax.dot_general(a, b, (((a_axis,), (b_axis,)), ((), ())))
+
+
+@jax.custom_vjp
+def matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """x [..., D] @ kernel [D, F] -> [..., F]."""
+    return _contract(x, kernel, x.ndim - 1, 0)
+
+
+def _matmul_fwd(x, kernel):
+    return matmul(x, kernel), (x, kernel)
+
+
+def _matmul_bwd(residuals, grad):
+    x, kernel = residuals
+    grad_x = _contract(grad, kernel, grad.ndim - 1, 1)
+    if jax.default_backend() == "cpu" and kernel.shape[0] > kernel.shape[1]:
+        # (G^T X)^T: the barrier keeps XLA from folding the transpose back into X^T G.
+        grad_kernel = jax.lax.optimization_barrier(_contract(_rows(grad), _rows(x), 0, 0)).T
+    else:
+        grad_kernel = _contract(_rows(x), _rows(grad), 0, 0)
+    return grad_x, grad_kernel
+
+
+matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
+def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+    """`jax.lax.dot_general` for `nn.Dense(dot_general=...)`: a dense's own contraction (last
+    axis of the input with the kernel's first, default precision) goes through `matmul`."""
+    if (dimension_numbers == (((lhs.ndim - 1,), (0,)), ((), ())) and rhs.ndim == 2
+            and precision is None and preferred_element_type is None):
+        return matmul(lhs, rhs)
+    return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                               preferred_element_type=preferred_element_type)
