@@ -13,6 +13,7 @@ operand order would only stand in the way of the GPU and TPU compilers.
 from __future__ import annotations
 
 import jax
+import numpy as np
 
 
 def _rows(a: jax.Array) -> jax.Array:
@@ -48,10 +49,16 @@ matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
 def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
-    """`jax.lax.dot_general` for `nn.Dense(dot_general=...)`: a dense's own contraction (last
-    axis of the input with the kernel's first, default precision) goes through `matmul`."""
-    if (dimension_numbers == (((lhs.ndim - 1,), (0,)), ((), ())) and rhs.ndim == 2
-            and precision is None and preferred_element_type is None):
-        return matmul(lhs, rhs)
+    """`jax.lax.dot_general` for `nn.Dense` / `nn.DenseGeneral(dot_general=...)`: a dense's
+    own contraction (the last k axes of the input with the kernel's first k, no batch axes,
+    default precision) goes through `matmul` on the flattened axes."""
+    (lhs_axes, rhs_axes), batch_axes = dimension_numbers
+    k = len(lhs_axes)
+    if (tuple(lhs_axes) == tuple(range(lhs.ndim - k, lhs.ndim)) and tuple(rhs_axes) ==
+            tuple(range(k)) and not any(batch_axes) and precision is None
+            and preferred_element_type is None):
+        free, out = lhs.shape[:lhs.ndim - k], rhs.shape[k:]
+        flat = matmul(lhs.reshape(*free, -1), rhs.reshape(-1, max(1, int(np.prod(out)))))
+        return flat.reshape(*free, *out)
     return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
                                preferred_element_type=preferred_element_type)

@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vlm_jax.models import dense_matmul
+from vlm_jax.models import dense_matmul, layer_norm
 
 Dtype = Any
 KVCache = dict[str, jax.Array]  # {"key": [B, S, Hkv, Dh], "value": [B, S, Hkv, Dh]}
@@ -169,19 +169,26 @@ def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
 
 
 class LayerNorm(nn.Module):
-    """LayerNorm whose scale/bias carry the `embed` axis name; statistics in float32."""
+    """LayerNorm whose scale/bias carry the `embed` axis name; statistics in float32. The
+    parameters sit where flax's nn.LayerNorm put them (`LayerNorm_0/scale`, `.../bias`), which
+    this replaced for its faster backward (`layer_norm.py`)."""
 
     dtype: Dtype = jnp.float32
     eps: float = 1e-6
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        return nn.LayerNorm(
-            epsilon=self.eps,
-            dtype=self.dtype,
-            scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
-            bias_init=zeros_init(("embed",)),
-        )(x)
+        scale, bias = _ScaleBias(name="LayerNorm_0")(x.shape[-1])
+        return layer_norm.layer_norm(x.astype(jnp.float32), scale, bias, self.eps).astype(
+            self.dtype)
+
+
+class _ScaleBias(nn.Module):
+    @nn.compact
+    def __call__(self, width: int) -> tuple[jax.Array, jax.Array]:
+        return (self.param("scale", nn.with_logical_partitioning(nn.initializers.ones_init(),
+                                                                 ("embed",)), (width,)),
+                self.param("bias", zeros_init(("embed",)), (width,)))
 
 
 class RMSNorm(nn.Module):
@@ -399,7 +406,7 @@ class Attention(nn.Module):
         self.out = nn.DenseGeneral(
             self.width, axis=(-2, -1), dtype=self.dtype, use_bias=self.use_bias,
             kernel_init=dense_init(("heads", "head_dim", "embed")),
-            bias_init=zeros_init(("embed",)))
+            bias_init=zeros_init(("embed",)), dot_general=dense_matmul.dot_general)
         if self.qk_norm_type not in QK_NORMS:
             raise ValueError(f"qk_norm_type {self.qk_norm_type!r} must be one of {QK_NORMS}")
         if self.qk_norm and self.qk_norm_type == "rmsnorm":

@@ -1,5 +1,6 @@
-"""dense_matmul's backward against NumPy (both forms of the kernel gradient), its use in nn.Dense,
-and HeadsProjection (the fused q/k/v matmul's parameters) against flax's nn.DenseGeneral."""
+"""The CPU-friendly backward passes against independent references: dense_matmul's against NumPy
+(both forms of the kernel gradient) and in nn.Dense, HeadsProjection (the fused q/k/v matmul's
+parameters) against flax's nn.DenseGeneral, layer_norm against flax's nn.LayerNorm."""
 
 import flax.linen as nn
 import jax
@@ -7,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vlm_jax.models import dense_matmul, layers
+from vlm_jax.models import dense_matmul, layer_norm, layers
 
 RNG = np.random.default_rng(0)
 
@@ -60,3 +61,21 @@ def test_heads_projection_draws_dense_generals_parameters():
     expected = theirs.apply({"params": theirs_params}, x)
     np.testing.assert_allclose(queries, expected, rtol=1e-6)
     np.testing.assert_allclose(keys, expected, rtol=1e-6)
+
+
+def test_layer_norm_and_its_gradients_equal_flax_layer_norm():
+    """The hand-written backward against autodiff of flax's nn.LayerNorm (which it replaced),
+    the forward against NumPy; a scale and bias away from 1 and 0, so every term counts."""
+    x = RNG.normal(1.0, 2.0, size=(2, 5, 16)).astype(np.float32)
+    scale, bias = (RNG.normal(size=16).astype(np.float32) for _ in range(2))
+    cotangent = RNG.normal(size=x.shape).astype(np.float32)
+    ours, ours_vjp = jax.vjp(lambda *a: layer_norm.layer_norm(*a, 1e-6), x, scale, bias)
+    flax_norm = nn.LayerNorm(epsilon=1e-6, use_fast_variance=False)
+    theirs, theirs_vjp = jax.vjp(
+        lambda x, s, b: flax_norm.apply({"params": {"scale": s, "bias": b}}, x), x, scale, bias)
+    x64 = x.astype(np.float64)
+    centred = x64 - x64.mean(-1, keepdims=True)
+    expected = centred / np.sqrt((centred ** 2).mean(-1, keepdims=True) + 1e-6) * scale + bias
+    np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5)
+    for got, want in zip(ours_vjp(cotangent), theirs_vjp(cotangent)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
