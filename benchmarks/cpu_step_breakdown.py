@@ -41,8 +41,11 @@ def part_and_kind(op_name: str, opcode_text: str) -> str:
     else:
         kind = "loop (elementwise, reductions)"
     if "/attn" in op_name or "attn." in op_name:
-        part = ("attention projections" if re.search(r"/(query|key|value|out)/", op_name)
-                else "attention core")
+        # layers.project's one matmul for q, k, v (its gradient's concatenation, bias sum)
+        # under ".../attn/", or under keys_values / queries; the output projection "out".
+        projection = (r"/attn/(dot_general|add_any|reduce_sum|concatenate|split)"
+                      r"|\.(keys_values|queries)/|/out/")
+        part = "attention projections" if re.search(projection, op_name) else "attention core"
     elif "/mlp/" in op_name:
         part = "MLP"
     elif "norm" in op_name:

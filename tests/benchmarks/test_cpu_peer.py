@@ -37,9 +37,12 @@ def test_step_breakdown_splits_parts_and_kinds_of_ops():
 
     assert os.sched_getaffinity(0) == cores  # importing it pins nothing: its main() does
     part = breakdown.part_and_kind
-    for projection in ("query", "out"):
-        assert part(f"{STACK}/attn/attn._attend/{projection}/dot_general", "ynn_fusion.3 = f32[]"
+    for projection in ("attn/dot_general", "attn/attn.keys_values/dot_general",
+                       "attn/attn._attend/out/dot_general"):
+        assert part(f"{STACK}/{projection}", "ynn_fusion.3 = f32[]"
                     ) == "attention projections: library op (YNNPACK fusion, Eigen dot)"
+    assert part(f"{STACK}/attn/reshape", "transpose_copy_fusion.4 = f32[256,4,32,24]") == (
+        "attention core: layout copy")  # q, k, v into heads-major order
     assert part(f"{STACK}/attn/attn._attend/vmap(BNTS,BSNH->BTNH)/transpose",
                 "copy_bitcast_fusion.8 = f32[128,6144]") == "attention core: layout copy"
     assert part(f"{STACK}/mlp/Dense_1/transpose", "dot.163 = f32[512,128]") == (

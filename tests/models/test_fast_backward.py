@@ -1,5 +1,5 @@
 """The CPU-friendly backward passes against independent references: dense_matmul's against NumPy
-(both forms of the kernel gradient) and in nn.Dense, HeadsProjection (the fused q/k/v matmul's
+(both forms of the kernel gradient) and in nn.Dense, Projection (the fused q/k/v matmul's
 parameters) against flax's nn.DenseGeneral, layer_norm against flax's nn.LayerNorm."""
 
 import flax.linen as nn
@@ -48,7 +48,7 @@ def test_heads_projection_draws_dense_generals_parameters():
     """Same names, shapes and values from the same key as the nn.DenseGeneral it replaced, so
     seeds and checkpoints keep their meaning."""
     x = jnp.ones((2, 3, 16))
-    ours = layers.HeadsProjection(4, 8)
+    ours = layers.Projection((4, 8), ("embed", "heads", "head_dim"))
     theirs = nn.DenseGeneral((4, 8), kernel_init=nn.initializers.xavier_uniform())
     key = jax.random.key(1)
     ours_params = nn.unbox(ours.init(key, 16, method="weights"))["params"]

@@ -12,6 +12,7 @@ import contextlib
 import contextvars
 import dataclasses
 import itertools
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -176,11 +177,18 @@ class LayerNorm(nn.Module):
     dtype: Dtype = jnp.float32
     eps: float = 1e-6
 
-    @nn.compact
+    def setup(self):
+        self.LayerNorm_0 = _ScaleBias()  # the attribute names the parameters' scope
+
     def __call__(self, x: jax.Array) -> jax.Array:
-        scale, bias = _ScaleBias(name="LayerNorm_0")(x.shape[-1])
-        return layer_norm.layer_norm(x.astype(jnp.float32), scale, bias, self.eps).astype(
-            self.dtype)
+        x_hat, (scale, bias) = self.parts(x)
+        return (x_hat * scale + bias).astype(self.dtype)
+
+    def parts(self, x: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        """(x normalised, float32; (scale, bias)): for a dense layer that folds the affine
+        part into its own weights (`project`)."""
+        return layer_norm.normalize(x.astype(jnp.float32), self.eps), self.LayerNorm_0(
+            x.shape[-1])
 
 
 class _ScaleBias(nn.Module):
@@ -251,6 +259,56 @@ def _activation(name: str):
     return ACTIVATIONS[name]
 
 
+class Projection(nn.Module):
+    """A dense layer's parameters as nn.Dense / nn.DenseGeneral keep them (kernel
+    [D, *features] with logical names `axes`, bias [*features]; the kernel drawn as the flat
+    [D, prod(features)] matrix, as DenseGeneral draws it), handed out by `weights` so that
+    `project` can run several projections of one input as a single wider matmul."""
+
+    features: tuple[int, ...]
+    axes: tuple[str, ...]  # the kernel's logical axis names: input, then features
+    use_bias: bool = True
+
+    @nn.compact
+    def weights(self, width: int) -> tuple[jax.Array, jax.Array | None]:
+        """(kernel [D, prod(features)], bias [prod(features)] or None), float32."""
+        shape = (width, *self.features)
+
+        def kernel_init(rng, shape, dtype):
+            flat = dense_init(self.axes)(rng, (width, math.prod(self.features)), dtype)
+            return flat.replace_boxed(flat.unbox().reshape(shape))
+
+        kernel = self.param("kernel", kernel_init, shape, jnp.float32)
+        bias = (self.param("bias", zeros_init(self.axes[1:]), self.features, jnp.float32)
+                if self.use_bias else None)
+        return kernel.reshape(width, -1), None if bias is None else bias.reshape(-1)
+
+
+def project(x: jax.Array, projections: list[Projection], dtype,
+            affine: tuple[jax.Array, jax.Array] | None = None) -> list[jax.Array]:
+    """x [..., D] through each projection -> [..., *features] each, as ONE matmul of x with the
+    kernels side by side: on the CPU the three 128-column matmuls of a tiny tower's queries,
+    keys and values (and their gradients) take ~13 % longer than one of 384 columns.
+
+    `affine` (scale, bias) [D]: x is a normalised input whose norm ends in x * scale + bias
+    (`LayerNorm.parts`); it folds into the weights, (x * s + b) W + c = x (s W) + (b W + c),
+    so the norm's output is never written out (~4 % of the tiny CPU step)."""
+    kernels, biases = zip(*(p.weights(x.shape[-1]) for p in projections))
+    kernel = jnp.concatenate(kernels, axis=1)
+    bias = None if biases[0] is None else jnp.concatenate(biases)
+    if affine is not None:
+        scale, shift = affine
+        folded_shift = shift @ kernel
+        bias = folded_shift if bias is None else bias + folded_shift
+        kernel = scale[:, None] * kernel
+    y = dense_matmul.matmul(x.astype(dtype), kernel.astype(dtype))
+    if bias is not None:
+        y = y + bias.astype(dtype)
+    ends = list(itertools.accumulate(k.shape[1] for k in kernels))
+    return [y[..., end - k.shape[1]:end].reshape(*x.shape[:-1], *p.features)
+            for end, k, p in zip(ends, kernels, projections)]
+
+
 class Mlp(nn.Module):
     """Two-layer MLP (the ViT / CLIP block); `activation` names one of ACTIVATIONS."""
 
@@ -259,19 +317,15 @@ class Mlp(nn.Module):
     activation: str = "gelu"
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, affine=None) -> jax.Array:
+        """x [..., D] -> [..., D]; `affine`: x is normalised, see `project`."""
         # Tokens as rows of one matrix: XLA's CPU backend runs the weight gradient of a 2-D
         # dot as one library matmul, where [B, L, D] contracts two axes and copies first.
         shape = x.shape
         width = shape[-1]
         x = x.reshape(-1, width)
-        x = nn.Dense(
-            self.mlp_dim,
-            dtype=self.dtype,
-            kernel_init=dense_init(("embed", "mlp")),
-            bias_init=zeros_init(("mlp",)),
-            dot_general=dense_matmul.dot_general,
-        )(x)
+        hidden = Projection((self.mlp_dim,), ("embed", "mlp"), name="Dense_0")
+        x = project(x, [hidden], self.dtype, affine)[0]
         x = _activation(self.activation)(x)
         return nn.Dense(
             width,
@@ -279,6 +333,7 @@ class Mlp(nn.Module):
             kernel_init=dense_init(("mlp", "embed")),
             bias_init=zeros_init(("embed",)),
             dot_general=dense_matmul.dot_general,
+            name="Dense_1",
         )(x).reshape(shape)
 
 
@@ -313,46 +368,6 @@ def kv_cache(batch_size: int, max_len: int, num_heads: int, head_dim: int, dtype
     """An empty (zero) self-attention cache for `max_len` positions."""
     shape = (batch_size, max_len, num_heads, head_dim)
     return {"key": jnp.zeros(shape, dtype), "value": jnp.zeros(shape, dtype)}
-
-
-class HeadsProjection(nn.Module):
-    """nn.DenseGeneral's (heads, head_dim) projection, same parameters and init (kernel
-    [D, heads, head_dim], bias [heads, head_dim]), but one that hands out its weights, so that
-    `project` can run several projections of one input as a single wider matmul."""
-
-    heads: int
-    head_dim: int
-    use_bias: bool = True
-
-    @nn.compact
-    def weights(self, width: int) -> tuple[jax.Array, jax.Array | None]:
-        """(kernel [D, heads * head_dim], bias [heads * head_dim] or None), float32."""
-
-        def kernel_init(rng, shape, dtype):  # DenseGeneral draws the flat [D, H * Dh] matrix
-            flat = dense_init(("embed", "heads", "head_dim"))(
-                rng, (shape[0], shape[1] * shape[2]), dtype)
-            return flat.replace_boxed(flat.unbox().reshape(shape))
-
-        kernel = self.param("kernel", kernel_init, (width, self.heads, self.head_dim),
-                            jnp.float32)
-        bias = (self.param("bias", zeros_init(("heads", "head_dim")),
-                           (self.heads, self.head_dim), jnp.float32) if self.use_bias else None)
-        return kernel.reshape(width, -1), None if bias is None else bias.reshape(-1)
-
-
-def project(x: jax.Array, projections: list[HeadsProjection], dtype) -> list[jax.Array]:
-    """x [..., D] through each projection -> [..., heads, head_dim] each, as ONE matmul of x
-    with the kernels side by side: on the CPU the three 128-column matmuls of a tiny tower's
-    queries, keys and values (and their gradients) take ~13 % longer than one of 384 columns.
-    Each output column is the same dot product as in its own matmul."""
-    kernels, biases = zip(*(p.weights(x.shape[-1]) for p in projections))
-    kernel = jnp.concatenate(kernels, axis=1).astype(dtype)
-    y = dense_matmul.matmul(x.astype(dtype), kernel)
-    if biases[0] is not None:
-        y = y + jnp.concatenate(biases).astype(dtype)
-    ends = list(itertools.accumulate(k.shape[1] for k in kernels))
-    return [y[..., end - k.shape[1]:end].reshape(*x.shape[:-1], p.heads, p.head_dim)
-            for end, k, p in zip(ends, kernels, projections)]
 
 
 class Attention(nn.Module):
@@ -399,7 +414,8 @@ class Attention(nn.Module):
                              f"{self.kv_heads}")
 
         def projection(heads):
-            return HeadsProjection(heads, self.dims_per_head, self.use_bias)
+            return Projection((heads, self.dims_per_head), ("embed", "heads", "head_dim"),
+                              self.use_bias)
 
         self.query = projection(self.num_heads)
         self.key, self.value = projection(self.kv_heads), projection(self.kv_heads)
@@ -424,14 +440,15 @@ class Attention(nn.Module):
             x = apply_rope(x, positions, self.rope_theta)
         return x
 
-    def keys_values(self, context: jax.Array, positions=None) -> KVCache:
+    def keys_values(self, context: jax.Array, positions=None, affine=None) -> KVCache:
         """Projected keys and values of context [B, S, D] -> 2 x [B, S, Hkv, Dh]; `positions`
-        [B|1, S] rotate the keys (self-attention with RoPE only)."""
-        key, value = project(context, [self.key, self.value], self.dtype)
+        [B|1, S] rotate the keys (self-attention with RoPE only); `affine`: see `project`."""
+        key, value = project(context, [self.key, self.value], self.dtype, affine)
         return {"key": self._positioned(key, "key", positions), "value": value}
 
-    def queries(self, x: jax.Array, positions=None) -> jax.Array:
-        return self._positioned(project(x, [self.query], self.dtype)[0], "query", positions)
+    def queries(self, x: jax.Array, positions=None, affine=None) -> jax.Array:
+        query = project(x, [self.query], self.dtype, affine)[0]
+        return self._positioned(query, "query", positions)
 
     def _attend(self, query, keys_values: KVCache, mask, is_causal, kv_lengths):
         key, value = (keys_values[name].astype(query.dtype) for name in ("key", "value"))
@@ -441,15 +458,19 @@ class Attention(nn.Module):
         return self.out(out)
 
     def __call__(self, x: jax.Array, context: jax.Array | None = None, mask=None,
-                 is_causal: bool = False, kv_lengths=None, context_kv: KVCache | None = None):
-        """x [B, L, D] -> [B, L, D]. Self-attention positions are 0..L-1 (for RoPE)."""
+                 is_causal: bool = False, kv_lengths=None, context_kv: KVCache | None = None,
+                 affine=None):
+        """x [B, L, D] -> [B, L, D]. Self-attention positions are 0..L-1 (for RoPE).
+        `affine`: x is normalised and its norm's scale and bias fold into the projections of x
+        (`project`)."""
         if context_kv is None and context is None:  # self-attention: one matmul for q, k, v
             positions = jnp.arange(x.shape[1])[None]
-            query, key, value = project(x, [self.query, self.key, self.value], self.dtype)
+            query, key, value = project(x, [self.query, self.key, self.value], self.dtype,
+                                        affine)
             query = self._positioned(query, "query", positions)
             context_kv = {"key": self._positioned(key, "key", positions), "value": value}
         else:
-            query = self.queries(x)
+            query = self.queries(x, affine=affine)
             if context_kv is None:
                 context_kv = self.keys_values(context)
         return self._attend(query, context_kv, mask, is_causal, kv_lengths)
@@ -533,15 +554,20 @@ class Block(nn.Module):
     def _attention_norm(self) -> nn.Module:
         return self.norm_query if self.cross_attention else self.norm1
 
-    def _residual(self, x: jax.Array, branch, norm: nn.Module) -> jax.Array:
+    def _residual(self, x: jax.Array, branch, norm: nn.Module, takes_affine=False) -> jax.Array:
+        """`takes_affine`: branch(x_normalised, affine=(scale, bias)) folds a LayerNorm's
+        affine part into its first dense layer (`project`)."""
         if self.norm_position == "pre":
+            if takes_affine and isinstance(norm, LayerNorm):
+                x_hat, affine = norm.parts(x)
+                return x + branch(x_hat, affine=affine)
             return x + branch(norm(x))
         if self.norm_position == "post":
             return norm(x + branch(x))
         return x + norm(branch(x))
 
     def _mlp_half(self, x: jax.Array) -> jax.Array:
-        return constrain(self._residual(x, self.mlp, self.norm2))
+        return constrain(self._residual(x, self.mlp, self.norm2, isinstance(self.mlp, Mlp)))
 
     def context_keys_values(self, context: jax.Array) -> KVCache:
         """A cross-attention block's keys/values of context [B, S, C], computed once."""
@@ -555,12 +581,12 @@ class Block(nn.Module):
             if context_kv is None:
                 raise ValueError("a cross-attention block needs context_kv "
                                  "(Block.context_keys_values of the context)")
-            attend = lambda h: self.attn(h, mask=mask, kv_lengths=kv_lengths,
-                                         context_kv=context_kv)
+            attend = lambda h, affine=None: self.attn(h, mask=mask, kv_lengths=kv_lengths,
+                                                      context_kv=context_kv, affine=affine)
         else:
-            attend = lambda h: self.attn(h, mask=mask, is_causal=self.is_causal,
-                                         kv_lengths=kv_lengths)
-        return self._mlp_half(self._residual(x, attend, self._attention_norm))
+            attend = lambda h, affine=None: self.attn(h, mask=mask, is_causal=self.is_causal,
+                                                      kv_lengths=kv_lengths, affine=affine)
+        return self._mlp_half(self._residual(x, attend, self._attention_norm, True))
 
     def at_rows(self, x: jax.Array, rows: jax.Array, mask=None, kv_lengths=None) -> jax.Array:
         """The outputs of a self-attention block at rows int [B, R] of x [B, L, D] only:
@@ -571,16 +597,22 @@ class Block(nn.Module):
             raise ValueError("at_rows is for self-attention blocks")
         picked = jnp.take_along_axis(x, rows[..., None], axis=1)  # [B, R, D]
         # The attention branch's input is the normed stream ("pre") or the stream itself.
-        context = self.norm1(x) if self.norm_position == "pre" else x
-        keys_values = self.attn.keys_values(context, jnp.arange(x.shape[1])[None])
+        positions = jnp.arange(x.shape[1])[None]
+        if self.norm_position != "pre":
+            keys_values = self.attn.keys_values(x, positions)
+        elif isinstance(self.norm1, LayerNorm):  # its affine part folds into the projections
+            x_hat, affine = self.norm1.parts(x)
+            keys_values = self.attn.keys_values(x_hat, positions, affine)
+        else:
+            keys_values = self.attn.keys_values(self.norm1(x), positions)
         if mask is not None and mask.shape[2] != 1:  # a per-query mask: keep our rows' rows
             mask = jnp.take_along_axis(mask, rows[:, None, :, None], axis=2)
         if self.is_causal:  # row r sees keys 0..r
             causal = jnp.arange(x.shape[1]) <= rows[:, None, :, None]  # [B, 1, R, L]
             mask = causal if mask is None else causal & mask
-        attend = lambda h: self.attn._attend(self.attn.queries(h, rows), keys_values, mask, False,
-                                             kv_lengths)
-        return self._mlp_half(self._residual(constrain(picked), attend, self.norm1))
+        attend = lambda h, affine=None: self.attn._attend(
+            self.attn.queries(h, rows, affine), keys_values, mask, False, kv_lengths)
+        return self._mlp_half(self._residual(constrain(picked), attend, self.norm1, True))
 
     def decode(self, x: jax.Array, cache: KVCache, position: jax.Array, mask=None):
         """A causal self-attention block on tokens x [B, T, D] at position..position+T-1
