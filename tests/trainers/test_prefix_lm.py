@@ -65,10 +65,13 @@ def test_frozen_lm_costs_its_forward_and_activation_gradients_only():
 
     lm_paths = [param_path(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]
                 if param_path(path).startswith("lm/")]
-    # One weight matmul per kernel, plus the tied embedding's output projection.
-    lm_weight_matmuls = (sum(path.endswith("/kernel") for path in lm_paths)
+    # One weight matmul per kernel, but one for q, k and v together (layers.project runs them
+    # as one matmul), plus the tied embedding's output projection.
+    qkv_kernels = sum(path.endswith(("/query/kernel", "/key/kernel", "/value/kernel"))
+                      for path in lm_paths)
+    lm_weight_matmuls = (sum(path.endswith("/kernel") for path in lm_paths) - qkv_kernels * 2 // 3
                          + int(config.model.lm.tie_embeddings))
-    assert lm_weight_matmuls == 2 * (4 + 3) + 1  # q, k, v, out and SwiGLU's three, per layer
+    assert lm_weight_matmuls == 2 * (1 + 1 + 3) + 1  # qkv, out and SwiGLU's three, per layer
     frozen_rules = tuple(config.optim.param_rules)
     assert frozen_rules == (("lm/.*", "freeze"),)
     saved = _dot_count(gradients(()), params) - _dot_count(gradients(frozen_rules), params)

@@ -31,13 +31,20 @@ def matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
 
 def _matmul_fwd(x, kernel):
-    return matmul(x, kernel), (x, kernel)
+    # symbolic_zeros: each primal says whether it is perturbed. A frozen kernel (under
+    # stop_gradient) needs no gradient, so its matmul is not traced at all, nor x kept for it.
+    y = matmul(x.value, kernel.value)
+    return y, (x.value if kernel.perturbed else None, kernel.value if x.perturbed else None)
 
 
 def _matmul_bwd(residuals, grad):
     x, kernel = residuals
-    grad_x = _contract(grad, kernel, grad.ndim - 1, 1)
-    if jax.default_backend() == "cpu" and kernel.shape[0] > kernel.shape[1]:
+    if isinstance(grad, jax.custom_derivatives.SymbolicZero):
+        return None, None
+    grad_x = None if kernel is None else _contract(grad, kernel, grad.ndim - 1, 1)
+    if x is None:
+        return grad_x, None
+    if jax.default_backend() == "cpu" and x.shape[-1] > grad.shape[-1]:
         # (G^T X)^T: the barrier keeps XLA from folding the transpose back into X^T G.
         grad_kernel = jax.lax.optimization_barrier(_contract(_rows(grad), _rows(x), 0, 0)).T
     else:
@@ -45,7 +52,7 @@ def _matmul_bwd(residuals, grad):
     return grad_x, grad_kernel
 
 
-matmul.defvjp(_matmul_fwd, _matmul_bwd)
+matmul.defvjp(_matmul_fwd, _matmul_bwd, symbolic_zeros=True)
 
 
 def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
