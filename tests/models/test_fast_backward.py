@@ -79,3 +79,20 @@ def test_layer_norm_and_its_gradients_equal_flax_layer_norm():
     np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5)
     for got, want in zip(ours_vjp(cotangent), theirs_vjp(cotangent)):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_a_layernorm_folded_into_the_next_dense_equals_it_unfolded(monkeypatch):
+    """A pre-norm block with its norms' scale and bias away from 1 and 0: the folded path
+    ((x s + b) W + c as x (s W) + (b W + c)) against the norm written out, values and grads."""
+    block = layers.Block(num_heads=2, mlp_dim=32, width=16)
+    x = jnp.asarray(RNG.normal(size=(2, 5, 16)), jnp.float32)
+    params = block.init(jax.random.key(0), x)
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, p: jnp.asarray(RNG.normal(size=p.shape), jnp.float32)
+        if "LayerNorm_0" in jax.tree_util.keystr(path) else p, params)
+    loss = lambda p: jnp.sum(block.apply(p, x) ** 2)  # noqa: E731
+    folded, folded_grads = block.apply(params, x), jax.grad(loss)(params)
+    monkeypatch.setattr(layers, "LayerNorm", type("NotALayerNorm", (), {}))  # no fold
+    np.testing.assert_allclose(folded, block.apply(params, x), rtol=1e-5, atol=1e-5)
+    for got, want in zip(jax.tree.leaves(folded_grads), jax.tree.leaves(jax.grad(loss)(params))):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
