@@ -96,3 +96,16 @@ def test_a_layernorm_folded_into_the_next_dense_equals_it_unfolded(monkeypatch):
     np.testing.assert_allclose(folded, block.apply(params, x), rtol=1e-5, atol=1e-5)
     for got, want in zip(jax.tree.leaves(folded_grads), jax.tree.leaves(jax.grad(loss)(params))):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_split_columns_and_its_gradient_equal_numpy():
+    """Unequal widths and a different cotangent per block: a backward that put the blocks'
+    gradients in the wrong order or dropped one would not match."""
+    y = RNG.normal(size=(2, 3, 9)).astype(np.float32)
+    widths = (2, 4, 3)
+    parts, vjp = jax.vjp(lambda y: layers.split_columns(y, widths), y)
+    np.testing.assert_array_equal(parts[1], y[..., 2:6])
+    assert [p.shape[-1] for p in parts] == list(widths)
+    cotangents = [RNG.normal(size=p.shape).astype(np.float32) for p in parts]
+    (grad,) = vjp(cotangents)
+    np.testing.assert_array_equal(grad, np.concatenate(cotangents, axis=-1))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import functools
 import itertools
 import math
 from typing import Any
@@ -304,9 +305,28 @@ def project(x: jax.Array, projections: list[Projection], dtype,
     y = dense_matmul.matmul(x.astype(dtype), kernel.astype(dtype))
     if bias is not None:
         y = y + bias.astype(dtype)
-    ends = list(itertools.accumulate(k.shape[1] for k in kernels))
-    return [y[..., end - k.shape[1]:end].reshape(*x.shape[:-1], *p.features)
-            for end, k, p in zip(ends, kernels, projections)]
+    parts = split_columns(y, tuple(k.shape[1] for k in kernels)) if len(kernels) > 1 else [y]
+    return [part.reshape(*x.shape[:-1], *p.features) for part, p in zip(parts, projections)]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def split_columns(y: jax.Array, widths: tuple[int, ...]) -> list[jax.Array]:
+    """y [..., sum(widths)] -> its consecutive column blocks. The backward is one concatenate of
+    their gradients; autodiff's, each block padded with zeros to the full width and added up,
+    takes XLA CPU 18 ms of a tiny SigLIP step on one core, the concatenate 13.5 ms."""
+    ends = itertools.accumulate(widths)
+    return [y[..., end - width:end] for end, width in zip(ends, widths)]
+
+
+def _split_columns_forward(y, widths):
+    return split_columns(y, widths), None
+
+
+def _split_columns_backward(widths, _, grads):
+    return (jnp.concatenate(grads, axis=-1),)
+
+
+split_columns.defvjp(_split_columns_forward, _split_columns_backward)
 
 
 class Mlp(nn.Module):
