@@ -64,10 +64,14 @@ def test_rows_of_the_last_block_equal_the_full_output_at_those_rows(name):
 
 def test_a_pooled_tower_leaves_the_unpooled_rows_of_its_last_block_to_dead_code():
     """What the rows path is for: with only the rows used, the compiled encoder skips the last
-    block's queries, output projection and MLP on the other rows. Per row and block the
-    projections are 8 D^2 FLOPs and the MLP 8 D^2, so 2 blocks x 21 rows cost 672 D^2 against
-    21 x 16 (block 0) + 21 x 4 (block 1's keys and values) + 6 x 12 (its pooled rows) = 492 D^2:
-    0.73 of the full output's FLOPs (attention adds a little to both)."""
+    block's queries, output projection and MLP on the other rows, and its keys and values
+    (`Attention.attend_context` moves the pooled rows' queries through the key and value
+    kernels instead). Per row and block the projections are 8 D^2 FLOPs and the MLP 8 D^2, so
+    2 blocks x 21 rows cost 672 D^2 against 21 x 16 (block 0) + 6 x 12 (the pooled rows'
+    queries, output projection and MLP) + 6 x 7.5 (each row's query through the key and value
+    kernels, 2 x 2 D^2, and its logits and weighted sum over 7 rows, 2 x 1.75 D^2) = 453 D^2:
+    0.67 of the full output's FLOPs (attention adds a little to both). Projecting block 1's
+    keys and values for all 21 rows instead (21 x 4 D^2) would make it 0.73."""
     encoder = Encoder(depth=2, num_heads=4, mlp_dim=4 * D)
     params = encoder.init(jax.random.PRNGKey(0), X)
 
@@ -76,4 +80,4 @@ def test_a_pooled_tower_leaves_the_unpooled_rows_of_its_last_block_to_dead_code(
 
     rows_only = flops(lambda p: encoder.apply(p, X, pool_rows=ROWS)[1])
     full = flops(lambda p: encoder.apply(p, X))
-    assert 0.68 < rows_only / full < 0.78
+    assert 0.63 < rows_only / full < 0.70

@@ -491,9 +491,53 @@ class Attention(nn.Module):
             context_kv = {"key": self._positioned(key, "key", positions), "value": value}
         else:
             query = self.queries(x, affine=affine)
+            if context_kv is None and not is_causal and self.reads_context_directly(
+                    query.shape[1], context.shape[1]):
+                return self.attend_context(query, context, None, mask, kv_lengths)
             if context_kv is None:
                 context_kv = self.keys_values(context)
         return self._attend(query, context_kv, mask, is_causal, kv_lengths)
+
+    def reads_context_directly(self, num_queries: int, context_length: int) -> bool:
+        """Whether `attend_context` serves these shapes, and needs fewer multiply-adds than
+        projecting every context row: R (Dh + S) < S Dh, as for a MAP head's one probe or the
+        one pooled row of a tower's last block."""
+        plain = self.kv_heads == self.num_heads and not self.qk_norm and not self.rope_theta
+        return plain and num_queries * (self.dims_per_head + context_length) < (
+            context_length * self.dims_per_head)
+
+    def attend_context(self, query, context, affine, mask, kv_lengths) -> jax.Array:
+        """Attention of a few projected queries [B, R, H, Dh] over context [B, S, D] without
+        the context's keys and values: each query moves through the key kernel instead,
+        q . (c W_k + b_k) = (W_k q) . c + q . b_k, and the values' kernel applies after the
+        weighted sum, sum_s p_s (c_s W_v + b_v) = (sum_s p_s c_s) W_v + b_v (the weights sum
+        to 1). q . b_k, like a folded norm's shift b in c = x_hat s + b (`affine`), is one
+        constant per query and head, which the softmax drops. Same values as `_attend` on
+        `keys_values(context)` up to float rounding; the S x D x 2HDh projection is gone."""
+        width, heads, head_dim = context.shape[-1], self.num_heads, self.dims_per_head
+        dtype = query.dtype
+        key_kernel = self.key.weights(width)[0].reshape(width, heads, head_dim).astype(dtype)
+        value_kernel, value_bias = self.value.weights(width)
+        value_kernel = value_kernel.reshape(width, heads, head_dim).astype(dtype)
+        context = context.astype(dtype)
+        probe = jnp.einsum("brnh,dnh->bnrd", query * head_dim ** -0.5, key_kernel)
+        if affine is not None:
+            probe = probe * affine[0].astype(dtype)
+        logits = jnp.einsum("bsd,bnrd->bnrs", context, probe).astype(jnp.float32)
+        allowed = mask
+        if kv_lengths is not None:
+            valid = (jnp.arange(context.shape[1]) < kv_lengths[:, None])[:, None, None, :]
+            allowed = valid if allowed is None else allowed & valid
+        if allowed is not None:  # jax.nn.dot_product_attention's fill for masked logits
+            logits = jnp.where(allowed, logits, -0.7 * float(jnp.finfo(jnp.float32).max))
+        weights = jax.nn.softmax(logits, axis=-1).astype(dtype)
+        pooled = jnp.einsum("bnrs,bsd->bnrd", weights, context)
+        if affine is not None:
+            pooled = pooled * affine[0].astype(dtype) + affine[1].astype(dtype)
+        out = jnp.einsum("bnrd,dnh->brnh", pooled, value_kernel)
+        if value_bias is not None:
+            out = out + value_bias.reshape(heads, head_dim).astype(dtype)
+        return self.out(out)
 
     def decode(self, x: jax.Array, cache: KVCache, position: jax.Array, mask=None):
         """Self-attention of tokens x [B, T, D] at positions position..position+T-1 against the
@@ -616,6 +660,17 @@ class Block(nn.Module):
         if self.cross_attention:
             raise ValueError("at_rows is for self-attention blocks")
         picked = jnp.take_along_axis(x, rows[..., None], axis=1)  # [B, R, D]
+        if mask is not None and mask.shape[2] != 1:  # a per-query mask: keep our rows' rows
+            mask = jnp.take_along_axis(mask, rows[:, None, :, None], axis=2)
+        if self.is_causal:  # row r sees keys 0..r
+            causal = jnp.arange(x.shape[1]) <= rows[:, None, :, None]  # [B, 1, R, L]
+            mask = causal if mask is None else causal & mask
+        if (self.norm_position == "pre" and isinstance(self.norm1, LayerNorm)
+                and self.attn.reads_context_directly(rows.shape[1], x.shape[1])):
+            context, context_affine = self.norm1.parts(x)
+            attend = lambda h, affine=None: self.attn.attend_context(
+                self.attn.queries(h, affine=affine), context, context_affine, mask, kv_lengths)
+            return self._mlp_half(self._residual(constrain(picked), attend, self.norm1, True))
         # The attention branch's input is the normed stream ("pre") or the stream itself.
         positions = jnp.arange(x.shape[1])[None]
         if self.norm_position != "pre":
@@ -625,11 +680,6 @@ class Block(nn.Module):
             keys_values = self.attn.keys_values(x_hat, positions, affine)
         else:
             keys_values = self.attn.keys_values(self.norm1(x), positions)
-        if mask is not None and mask.shape[2] != 1:  # a per-query mask: keep our rows' rows
-            mask = jnp.take_along_axis(mask, rows[:, None, :, None], axis=2)
-        if self.is_causal:  # row r sees keys 0..r
-            causal = jnp.arange(x.shape[1]) <= rows[:, None, :, None]  # [B, 1, R, L]
-            mask = causal if mask is None else causal & mask
         attend = lambda h, affine=None: self.attn._attend(
             self.attn.queries(h, rows, affine), keys_values, mask, False, kv_lengths)
         return self._mlp_half(self._residual(constrain(picked), attend, self.norm1, True))
