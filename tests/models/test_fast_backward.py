@@ -113,9 +113,9 @@ def test_split_columns_and_its_gradient_equal_numpy():
 
 @pytest.mark.parametrize("with_mask", [False, True])
 def test_attention_through_the_context_equals_projected_keys_and_values(with_mask):
-    """A MAP head's one query over a context (`Attention.attend_context`) against
-    jax.nn.dot_product_attention on the context's projected keys and values, with biases away
-    from 0 (the key bias must drop out, the value bias must not) and a key mask."""
+    """A MAP head's one query over a context (`Attention.attend_context`, as AttentionPool
+    runs it) against jax.nn.dot_product_attention on the context's projected keys and values,
+    with biases away from 0 (the key bias must drop out, the value bias must not), a key mask."""
     attention = layers.Attention(num_heads=2, width=8)
     query_in = RNG.normal(size=(3, 1, 8)).astype(np.float32)
     context = RNG.normal(size=(3, 6, 8)).astype(np.float32)
@@ -129,7 +129,8 @@ def test_attention_through_the_context_equals_projected_keys_and_values(with_mas
         return attention.apply(p, q, mask=mask, context_kv=kv)
 
     def direct(p, q, c):
-        return attention.apply(p, q, c, mask=mask)
+        return attention.apply(p, q, c, method=lambda attn, q, c: attn.attend_context(
+            attn.queries(q), c, None, mask, None))
 
     cotangent = RNG.normal(size=(3, 1, 8)).astype(np.float32)
     want, want_vjp = jax.vjp(projected, params, query_in, context)

@@ -491,9 +491,6 @@ class Attention(nn.Module):
             context_kv = {"key": self._positioned(key, "key", positions), "value": value}
         else:
             query = self.queries(x, affine=affine)
-            if context_kv is None and not is_causal and self.reads_context_directly(
-                    query.shape[1], context.shape[1]):
-                return self.attend_context(query, context, None, mask, kv_lengths)
             if context_kv is None:
                 context_kv = self.keys_values(context)
         return self._attend(query, context_kv, mask, is_causal, kv_lengths)
@@ -824,6 +821,10 @@ class AttentionPool(nn.Module):
             (self.num_queries, width),
         )
         queries = jnp.broadcast_to(probe.astype(tokens.dtype), (tokens.shape[0], *probe.shape))
-        x = Attention(self.num_heads, width, self.dtype, name="attn")(queries, tokens, mask=mask)
+        attention = Attention(self.num_heads, width, self.dtype, name="attn")
+        if attention.reads_context_directly(self.num_queries, tokens.shape[1]):
+            x = attention.attend_context(attention.queries(queries), tokens, None, mask, None)
+        else:
+            x = attention(queries, tokens, mask=mask)
         mlp = Mlp(self.mlp_dim, self.dtype, self.activation, name="mlp")
         return x + mlp(LayerNorm(self.dtype, self.ln_eps, name="norm")(x))
