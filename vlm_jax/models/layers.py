@@ -651,9 +651,10 @@ class Block(nn.Module):
 
     def at_rows(self, x: jax.Array, rows: jax.Array, mask=None, kv_lengths=None) -> jax.Array:
         """The outputs of a self-attention block at rows int [B, R] of x [B, L, D] only:
-        [B, R, D], equal to `self(x, mask, kv_lengths)` at those rows. Keys and values still
-        come from every row; the queries, the output projection and the MLP see R rows, not L
-        (a tower pooled at one token needs no more of its last block)."""
+        [B, R, D], equal to `self(x, mask, kv_lengths)` at those rows. Every row is still
+        attended to; the queries, the output projection and the MLP see R rows, not L (a tower
+        pooled at one token needs no more of its last block). A pre-LayerNorm block with few
+        rows skips the keys and values too (`Attention.attend_context`)."""
         if self.cross_attention:
             raise ValueError("at_rows is for self-attention blocks")
         picked = jnp.take_along_axis(x, rows[..., None], axis=1)  # [B, R, D]
