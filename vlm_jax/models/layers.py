@@ -668,18 +668,18 @@ class Block(nn.Module):
             context, context_affine = self.norm1.parts(x)
             attend = lambda h, affine=None: self.attn.attend_context(
                 self.attn.queries(h, affine=affine), context, context_affine, mask, kv_lengths)
-            return self._mlp_half(self._residual(constrain(picked), attend, self.norm1, True))
-        # The attention branch's input is the normed stream ("pre") or the stream itself.
-        positions = jnp.arange(x.shape[1])[None]
-        if self.norm_position != "pre":
-            keys_values = self.attn.keys_values(x, positions)
-        elif isinstance(self.norm1, LayerNorm):  # its affine part folds into the projections
-            x_hat, affine = self.norm1.parts(x)
-            keys_values = self.attn.keys_values(x_hat, positions, affine)
         else:
-            keys_values = self.attn.keys_values(self.norm1(x), positions)
-        attend = lambda h, affine=None: self.attn._attend(
-            self.attn.queries(h, rows, affine), keys_values, mask, False, kv_lengths)
+            # The attention branch's input is the normed stream ("pre") or the stream itself.
+            positions = jnp.arange(x.shape[1])[None]
+            if self.norm_position != "pre":
+                keys_values = self.attn.keys_values(x, positions)
+            elif isinstance(self.norm1, LayerNorm):  # its affine part folds into the projections
+                x_hat, affine = self.norm1.parts(x)
+                keys_values = self.attn.keys_values(x_hat, positions, affine)
+            else:
+                keys_values = self.attn.keys_values(self.norm1(x), positions)
+            attend = lambda h, affine=None: self.attn._attend(
+                self.attn.queries(h, rows, affine), keys_values, mask, False, kv_lengths)
         return self._mlp_half(self._residual(constrain(picked), attend, self.norm1, True))
 
     def decode(self, x: jax.Array, cache: KVCache, position: jax.Array, mask=None):
