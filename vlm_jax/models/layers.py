@@ -61,7 +61,8 @@ _SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
 
 
 def _gelu_backward(residuals, dg):
-    # float32 math even under bfloat16 compute: g / h in bfloat16 would lose the cdf's digits.
+    # float32 math under bfloat16 compute too: g is rounded to bfloat16 (as autodiff's tanh
+    # would be), but the terms of the derivative below are not rounded again.
     h, g = (r.astype(jnp.float32) for r in residuals)
     cdf = jnp.where(h == 0, 0.5, g / jnp.where(h == 0, 1, h))
     # d/dh [h * cdf(h)] with cdf = (1 + tanh(u)) / 2: cdf + h * cdf (1 - cdf) * 2 u'(h).
